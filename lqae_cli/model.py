@@ -1,0 +1,153 @@
+"""The Language-Quantized AutoEncoder: encoder -> words -> frozen LM -> decoder.
+
+Public surface: `encode(images) -> ids`, `decode(ids) -> images`, and
+`forward(images)` for training (losses and statistics).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import LQAEConfig
+from .lm import LanguageModel
+from .quantizer import WordQuantizer, usage_stats
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)                      # (B, H, T, C/H)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln2(x))
+
+
+class Encoder(nn.Module):
+    """Image (B, 3, H, W) in [-1, 1] -> one vector per patch in the matching space (B, T, k)."""
+
+    def __init__(self, cfg: LQAEConfig):
+        super().__init__()
+        self.patch = nn.Conv2d(3, cfg.enc_width, cfg.patch_size, stride=cfg.patch_size)
+        self.pos = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.enc_width) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg.enc_width, cfg.heads) for _ in range(cfg.enc_depth))
+        self.ln = nn.LayerNorm(cfg.enc_width)
+        self.head = nn.Linear(cfg.enc_width, cfg.match_dim)
+        # Batch statistics keep the outputs spread like the whitened codebook (zero mean, unit variance).
+        self.norm = nn.BatchNorm1d(cfg.match_dim, affine=False, momentum=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos      # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        u = self.head(self.ln(x)).float()                              # (B, T, k)
+        return self.norm(u.transpose(1, 2)).transpose(1, 2)
+
+
+class Decoder(nn.Module):
+    """LM hidden states (B, T, D) -> image (B, 3, H, W) in [-1, 1] (unclamped)."""
+
+    def __init__(self, cfg: LQAEConfig, lm_hidden: int):
+        super().__init__()
+        self.grid, self.p = cfg.grid_size, cfg.patch_size
+        self.inp = nn.Linear(lm_hidden, cfg.dec_width)
+        self.pos = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dec_width) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg.dec_width, cfg.heads) for _ in range(cfg.dec_depth))
+        self.ln = nn.LayerNorm(cfg.dec_width)
+        self.head = nn.Linear(cfg.dec_width, 3 * cfg.patch_size ** 2)
+        c = cfg.refine_channels
+        self.refine = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(c, 3, 3, padding=1)) if c else None
+        if self.refine is not None:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.inp(h) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        x = self.head(self.ln(x))                                      # (B, T, 3*p*p)
+        B, g, p = x.shape[0], self.grid, self.p
+        img = x.view(B, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, g * p, g * p)
+        return img + self.refine(img) if self.refine is not None else img
+
+
+class LQAE(nn.Module):
+    def __init__(self, cfg: LQAEConfig, lm: LanguageModel, fit_matching: bool = True):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.lm = lm  # frozen and not registered: its weights stay in their own package
+        self.encoder = Encoder(cfg)
+        self.quantizer = WordQuantizer(lm.word_embeddings, lm.allowed_ids(cfg.vocab_rule), cfg.match_dim,
+                                       cfg.entropy_temperature, cfg.entropy_tokens, fit=fit_matching)
+        self.decoder = Decoder(cfg, lm.hidden_size)
+        self.register_buffer("mask_embed", lm.word_embeddings[lm.mask_id].clone(), persistent=False)
+        self.register_buffer("frame_embeds", lm.word_embeddings[[lm.cls_id, lm.sep_id]].clone(), persistent=False)
+
+    # --- public surface -----------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid). Needs no LM layers."""
+        u = self.encoder(images * 2 - 1)
+        g = self.cfg.grid_size
+        return self.quantizer.nearest_ids(u).view(-1, g, g)
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """word ids (B, grid, grid) -> images (B, 3, H, W) in [0, 1]. Always through the LM, mask ratio 0."""
+        words = self.quantizer.codebook[ids.flatten(1)]
+        out = self.decoder(self.run_lm(words))
+        return ((out.float() + 1) / 2).clamp(0, 1)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        """Training pass on images (B, 3, H, W) in [0, 1]: losses, statistics and the reconstruction."""
+        x = images * 2 - 1
+        q = self.quantizer(self.encoder(x))
+        embeds = q.embeds
+        if self.training and self.cfg.mask_ratio > 0:
+            embeds = self.apply_mask(embeds)
+        recon = self.decoder(self.run_lm(embeds)).float()
+        mse = F.mse_loss(recon, x)
+        loss = (mse + self.cfg.commit_weight * q.commit_loss + self.cfg.entropy_weight * q.entropy_loss
+                + self.cfg.decorrelation_weight * q.decorrelation_loss)
+        mse01 = mse.detach() / 4
+        return {"loss": loss, "mse": mse.detach(), "commit": q.commit_loss.detach(), "entropy": q.entropy_loss.detach(), "decorrelation": q.decorrelation_loss.detach(),
+                "psnr": -10 * math.log10(max(mse01.item(), 1e-10)), "ids": q.ids, "recon": ((recon.detach() + 1) / 2).clamp(0, 1),
+                **usage_stats(q.ids)}
+
+    # --- pieces ---------------------------------------------------------------
+    def apply_mask(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Replace exactly round(mask_ratio * T) random positions per sequence by the mask token."""
+        B, T, _ = embeds.shape
+        n = round(self.cfg.mask_ratio * T)
+        order = torch.rand(B, T, device=embeds.device).argsort(dim=1)
+        masked = torch.zeros(B, T, dtype=torch.bool, device=embeds.device)
+        masked.scatter_(1, order[:, :n], True)
+        return torch.where(masked.unsqueeze(-1), self.mask_embed.to(embeds.dtype), embeds)
+
+    def run_lm(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Frozen LM over word embeddings (B, T, D) -> its last hidden states at the same positions."""
+        transformer = self.lm.transformer
+        if next(transformer.parameters()).device != embeds.device:
+            transformer.to(embeds.device)
+        if self.cfg.frame_tokens:
+            B = embeds.shape[0]
+            cls, sep = self.frame_embeds.to(embeds.dtype).unsqueeze(0).expand(B, 2, -1).unbind(1)
+            embeds = torch.cat([cls.unsqueeze(1), embeds, sep.unsqueeze(1)], dim=1)
+            return self.lm.hidden_states(embeds)[:, 1:-1]
+        return self.lm.hidden_states(embeds)

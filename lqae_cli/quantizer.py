@@ -1,0 +1,137 @@
+"""Quantize patch vectors to words of a frozen language-model vocabulary.
+
+Patches and words meet in a small *matching space*: the allowed rows of the LM's
+word-embedding table, centred and whitened by PCA to `match_dim` dimensions
+(fitted once from the codebook and stored in the checkpoint). Whitening removes
+the embedding table's common direction, so no "hub" word sits closest to
+everything, which is what made the paper's recipe collapse onto ~100 words. The
+search is an exact cosine nearest neighbour over the allowed vocabulary; what is
+passed on to the LM is always the word's own raw embedding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class QuantizerOutput:
+    ids: torch.Tensor           # (B, T) vocabulary ids
+    embeds: torch.Tensor        # (B, T, D) raw word embeddings, straight-through to the encoder
+    commit_loss: torch.Tensor   # scalar
+    entropy_loss: torch.Tensor  # scalar (0 when switched off)
+    decorrelation_loss: torch.Tensor  # scalar: off-diagonal covariance of the batch's vectors
+
+
+class WordQuantizer(nn.Module):
+    def __init__(self, codebook: torch.Tensor, allowed_ids: torch.Tensor, match_dim: int,
+                 entropy_temperature: float = 0.05, entropy_tokens: int = 1024, rescore_candidates: int = 8, fit: bool = True):
+        super().__init__()
+        V, D = codebook.shape
+        if match_dim > D:
+            raise ValueError(f"match_dim {match_dim} exceeds the LM hidden size {D}")
+        self.entropy_temperature = entropy_temperature
+        self.entropy_tokens = entropy_tokens
+        self.rescore_candidates = rescore_candidates
+        allowed_ids = torch.sort(allowed_ids).values  # so "lower row" means "lower id" when breaking ties
+        row_of_id = torch.full((V,), -1, dtype=torch.long)
+        row_of_id[allowed_ids] = torch.arange(len(allowed_ids))
+        # Frozen LM data: derived, never saved.
+        self.register_buffer("codebook", codebook.float(), persistent=False)       # (V, D)
+        self.register_buffer("allowed_ids", allowed_ids, persistent=False)         # (A,)
+        self.register_buffer("row_of_id", row_of_id, persistent=False)             # (V,) -1 = not allowed
+        # The fitted matching space: saved, so ids never depend on a re-fit.
+        self.register_buffer("match_mean", torch.zeros(D))
+        self.register_buffer("match_proj", torch.zeros(D, match_dim))   # whitening projection
+        self.register_buffer("match_lift", torch.zeros(match_dim, D))   # its inverse on the kept subspace
+        self.register_buffer("match_codes", torch.zeros(len(allowed_ids), match_dim), persistent=False)
+        if fit:  # a checkpoint load brings the fitted space instead
+            self.fit_matching_space()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_codes())
+
+    @torch.no_grad()
+    def fit_matching_space(self) -> None:
+        x = self.codebook[self.allowed_ids].double()
+        mean = x.mean(0)
+        cov = (x - mean).T @ (x - mean) / (len(x) - 1)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        k = self.match_proj.shape[1]
+        vals, vecs = eigvals[-k:].flip(0).clamp_min(1e-12), eigvecs[:, -k:].flip(1)
+        vecs = vecs * torch.sign(vecs[0:1, :] + 1e-30)  # fixed sign per component
+        self.match_mean.copy_(mean.float())
+        self.match_proj.copy_((vecs / vals.sqrt()).float())
+        self.match_lift.copy_((vecs * vals.sqrt()).T.float())
+        self.refresh_codes()
+
+    @torch.no_grad()
+    def refresh_codes(self) -> None:
+        codes = (self.codebook[self.allowed_ids] - self.match_mean) @ self.match_proj
+        self.match_codes.copy_(F.normalize(codes, dim=-1))
+
+    @property
+    def num_allowed(self) -> int:
+        return len(self.allowed_ids)
+
+    @torch.no_grad()
+    def nearest_ids(self, u: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """Exact cosine nearest allowed word for each vector u (..., k) -> vocabulary ids (...).
+
+        fp32 scores pick a few candidates; the candidates are re-scored in float64, and
+        ties go to the lower id. The result does not depend on batch size or chunking.
+        """
+        shape = u.shape[:-1]
+        flat = F.normalize(u.reshape(-1, u.shape[-1]).float(), dim=-1)
+        codes = self.match_codes
+        c = min(self.rescore_candidates, codes.shape[0])
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=u.device)
+        for start in range(0, flat.shape[0], chunk):
+            part = flat[start:start + chunk]
+            cand = (part @ codes.T).topk(c, dim=-1).indices.sort(dim=-1).values   # (n, c) rows, ascending
+            exact = (part.double().unsqueeze(1) * codes[cand].double()).sum(-1)    # (n, c)
+            out[start:start + chunk] = cand.gather(1, exact.argmax(-1, keepdim=True)).squeeze(1)
+        return self.allowed_ids[out].reshape(shape)
+
+    def forward(self, u: torch.Tensor) -> QuantizerOutput:
+        """u: (B, T, k) encoder output in the matching space."""
+        u = u.float()
+        ids = self.nearest_ids(u.detach())                          # (B, T)
+        words = self.codebook[ids]                                  # (B, T, D) raw embeddings
+        lifted = u @ self.match_lift + self.match_mean              # u mapped back to embedding space
+        embeds = words + (lifted - lifted.detach())                 # straight-through
+        u_n = F.normalize(u, dim=-1)
+        chosen = self.match_codes[self.row_of_id[ids]]
+        commit = (u_n - chosen).pow(2).sum(-1).mean()
+        entropy = self.entropy_loss(u_n.reshape(-1, u_n.shape[-1])) if self.entropy_tokens else u.new_zeros(())
+        return QuantizerOutput(ids, embeds, commit, entropy, decorrelation_loss(u.reshape(-1, u.shape[-1])))
+
+    def entropy_loss(self, u_n: torch.Tensor) -> torch.Tensor:
+        """Confident per token, spread over the vocabulary per batch (on a random sample of tokens)."""
+        if u_n.shape[0] > self.entropy_tokens:
+            u_n = u_n[torch.randperm(u_n.shape[0], device=u_n.device)[: self.entropy_tokens]]
+        logp = F.log_softmax(u_n @ self.match_codes.T / self.entropy_temperature, dim=-1)   # (S, A)
+        p = logp.exp()
+        per_token = -(p * logp).sum(-1).mean()
+        avg = p.mean(0)
+        batch = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
+        return per_token - batch
+
+
+def decorrelation_loss(u: torch.Tensor) -> torch.Tensor:
+    """Squared off-diagonal covariance of (N, k) vectors, over k. The whitened codebook is
+    decorrelated; encoder outputs that are too put every batch in few codes' reach."""
+    c = u - u.mean(0)
+    cov = c.T @ c / max(1, len(u) - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return off.pow(2).sum() / u.shape[-1]
+
+
+def usage_stats(ids: torch.Tensor) -> dict:
+    """Distinct codes, perplexity and the top code's share of positions."""
+    counts = torch.bincount(ids.flatten()).double()
+    counts = counts[counts > 0]
+    p = counts / counts.sum()
+    return {"distinct": int(len(counts)), "perplexity": float(torch.exp(-(p * p.log()).sum())),
+            "top_share": float(p.max()) if len(p) else 0.0}

@@ -1,0 +1,52 @@
+import torch
+
+from conftest import VOCAB
+from lqae_cli.lm import DEFAULT_LM, LanguageModel
+
+
+def test_allowed_vocabulary_excludes_specials(tiny_lm):
+    allowed = set(tiny_lm.tokens(tiny_lm.allowed_ids("all").tolist()))
+    assert not any(t.startswith("[") for t in allowed)
+    assert {"apple", "##ing", "42", ",", "über"} <= allowed
+
+
+def test_whole_words_rule(tiny_lm):
+    words = set(tiny_lm.tokens(tiny_lm.allowed_ids("words").tolist()))
+    assert "apple" in words
+    assert not words & {"##ing", "##ed", "1", "42", ",", ".", "!", "über", "[MASK]"}
+
+
+def test_token_ids_through_vocabulary_not_tokenizer(tiny_lm):
+    for i, tok in enumerate(VOCAB):
+        assert tiny_lm.token_id(tok) == i
+    assert tiny_lm.token_id("applepie") is None
+    assert tiny_lm.mask_id == VOCAB.index("[MASK]")
+
+
+def test_fingerprint_identifies_lm(tiny_lm, other_lm_dir):
+    other = LanguageModel.load(str(other_lm_dir))
+    assert len(tiny_lm.fingerprint) == 16
+    assert tiny_lm.fingerprint == LanguageModel.load(str(tiny_lm.lm_dir)).fingerprint
+    assert tiny_lm.fingerprint != other.fingerprint
+
+
+def test_hidden_states_use_positions_and_no_word_lookup(tiny_lm):
+    emb = tiny_lm.word_embeddings[[10, 11, 12]].unsqueeze(0)
+    h = tiny_lm.hidden_states(emb)
+    assert h.shape == (1, 3, tiny_lm.hidden_size)
+    # the same word at two positions gives different states: position embeddings were added
+    same = tiny_lm.word_embeddings[[10, 10]].unsqueeze(0)
+    hs = tiny_lm.hidden_states(same)
+    assert not torch.allclose(hs[0, 0], hs[0, 1])
+    assert all(not p.requires_grad for p in tiny_lm.transformer.parameters())
+
+
+def test_packaged_minilm_loads_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = LanguageModel.load(DEFAULT_LM)
+    assert lm.word_embeddings.shape == (30522, 384)
+    assert lm.vocab[lm.mask_id] == "[MASK]"
+    words = lm.allowed_ids("words")
+    assert 20000 < len(words) < len(lm.allowed_ids("all")) < 30522
+    h = lm.hidden_states(lm.word_embeddings[words[:5]].unsqueeze(0))
+    assert h.shape == (1, 5, 384) and torch.isfinite(h).all()

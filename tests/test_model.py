@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from conftest import tiny_config
+from lqae_cli.checkpoint import CheckpointError, load_model, save_model
+from lqae_cli.model import LQAE
+
+
+def test_shapes(tiny_model):
+    x = torch.rand(3, 3, 16, 16)
+    ids = tiny_model.encode(x)
+    assert ids.shape == (3, 4, 4) and ids.dtype == torch.long
+    y = tiny_model.decode(ids)
+    assert y.shape == (3, 3, 16, 16) and 0 <= y.min() and y.max() <= 1
+
+
+def test_encode_deterministic_across_batch_sizes(tiny_model):
+    x = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    full = tiny_model.encode(x)
+    assert torch.equal(full, tiny_model.encode(x))
+    assert torch.equal(torch.cat([tiny_model.encode(c) for c in x.split(3)]), full)
+    assert torch.equal(tiny_model.encode(x[4:5]), full[4:5])
+
+
+def test_encode_does_not_load_lm_layers(tiny_lm):
+    from lqae_cli.lm import LanguageModel
+
+    lm = LanguageModel.load(str(tiny_lm.lm_dir))
+    model = LQAE(tiny_config(lm), lm).eval()
+    model.encode(torch.rand(2, 3, 16, 16))
+    assert "transformer" not in lm.__dict__  # the LM's layers were never built
+    model.decode(torch.full((1, 4, 4), int(lm.allowed_ids("all")[0])))
+    assert "transformer" in lm.__dict__
+
+
+def test_whole_words_rule_honoured(tiny_lm):
+    model = LQAE(tiny_config(tiny_lm, vocab_rule="words"), tiny_lm).eval()
+    ids = model.encode(torch.rand(16, 3, 16, 16))
+    tokens = set(tiny_lm.tokens(ids.flatten().tolist()))
+    assert tokens and all(t.isalpha() and t.isascii() and t.islower() for t in tokens)
+
+
+def test_training_forward_reports_losses_and_stats(tiny_model):
+    tiny_model.train()
+    out = tiny_model(torch.rand(4, 3, 16, 16))
+    for k in ("loss", "mse", "commit", "entropy", "decorrelation", "psnr", "distinct", "perplexity", "top_share"):
+        assert k in out
+    out["loss"].backward()
+    assert all(p.grad is None for p in tiny_model.lm.transformer.parameters())
+
+
+def test_reconstruction_gradient_reaches_encoder_through_lm(tiny_model):
+    """MSE alone: its only path to the encoder is decoder -> frozen LM -> straight-through."""
+    tiny_model.train()
+    x = torch.rand(4, 3, 16, 16)
+    q = tiny_model.quantizer(tiny_model.encoder(x * 2 - 1))
+    rec = tiny_model.decoder(tiny_model.run_lm(q.embeds))
+    torch.nn.functional.mse_loss(rec, x * 2 - 1).backward()
+    assert tiny_model.encoder.head.weight.grad.abs().sum() > 0
+    assert tiny_model.encoder.patch.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_model.lm.transformer.parameters())
+
+
+def test_masking_replaces_exact_share(tiny_model):
+    tiny_model.train()
+    emb = torch.randn(5, 16, tiny_model.lm.hidden_size)
+    out = tiny_model.apply_mask(emb)
+    masked = (out == tiny_model.mask_embed).all(-1)
+    assert (masked.sum(1) == 8).all()
+    assert torch.equal(out[~masked], emb[~masked])
+
+
+def test_save_load_identical(tiny_ckpt):
+    a = load_model(tiny_ckpt)
+    b = load_model(tiny_ckpt)
+    x = torch.rand(4, 3, 16, 16)
+    ids = a.encode(x)
+    assert torch.equal(ids, b.encode(x))
+    assert torch.equal(a.decode(ids), b.decode(ids))
+    assert a.card["training"] == {"steps": 3}
+
+
+def test_save_load_roundtrip_from_model(tiny_model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model, path)
+    loaded = load_model(path)
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.equal(tiny_model.encode(x), loaded.encode(x))
+    assert torch.equal(tiny_model.decode(tiny_model.encode(x)), loaded.decode(loaded.encode(x)))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+        assert f.metadata()["format"] == "pt"
+    assert not any("transformer" in k or "codebook" in k for k in keys)  # the LM's weights are not in it
+
+
+def test_truncated_checkpoint_fails_clearly(tiny_ckpt, tmp_path):
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(bad)
+
+
+def test_non_safetensors_fails_clearly(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(bad)
+
+
+def test_checkpoint_for_other_lm_fails_naming_both(tiny_ckpt, other_lm_dir, tmp_path):
+    from lqae_cli.lm import LanguageModel
+
+    other = LanguageModel.load(str(other_lm_dir))
+    a = load_model(tiny_ckpt)
+    with pytest.raises(CheckpointError) as err:
+        load_model(tiny_ckpt, lm=other)
+    msg = str(err.value)
+    assert a.cfg.lm_fingerprint in msg and other.fingerprint in msg and "\n" not in msg
+
+
+def test_missing_tensor_fails(tiny_ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_ckpt), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(tiny_ckpt))
+    tensors.pop(next(iter(tensors)))
+    bad = tmp_path / "missing.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(bad)

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from lqae_cli.quantizer import WordQuantizer, usage_stats
+
+
+@pytest.fixture()
+def quantizer(tiny_lm):
+    return WordQuantizer(tiny_lm.word_embeddings, tiny_lm.allowed_ids("all"), match_dim=8)
+
+
+def brute_force(q: WordQuantizer, u: torch.Tensor) -> torch.Tensor:
+    u = torch.nn.functional.normalize(u.double(), dim=-1)
+    scores = u @ q.match_codes.double().T
+    return q.allowed_ids[scores.argmax(-1)]
+
+
+def test_exact_nearest_matches_brute_force(quantizer):
+    u = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
+
+
+def test_nearest_independent_of_batch_and_chunk(quantizer):
+    u = torch.randn(300, 8, generator=torch.Generator().manual_seed(2))
+    full = quantizer.nearest_ids(u)
+    assert torch.equal(torch.cat([quantizer.nearest_ids(c) for c in u.split(7)]), full)
+    assert torch.equal(quantizer.nearest_ids(u, chunk=13), full)
+    assert torch.equal(quantizer.nearest_ids(u[:1]), full[:1])
+
+
+def test_ties_go_to_lower_id(tiny_lm):
+    emb = tiny_lm.word_embeddings.clone()
+    allowed = tiny_lm.allowed_ids("all")
+    a, b = int(allowed[3]), int(allowed[7])
+    emb[b] = emb[a]  # two words with identical embeddings
+    q = WordQuantizer(emb, allowed, match_dim=8)
+    code = q.match_codes[q.row_of_id[a]]
+    assert int(q.nearest_ids(code.unsqueeze(0))[0]) == min(a, b)
+
+
+def test_special_tokens_never_chosen(quantizer, tiny_lm):
+    ids = quantizer.nearest_ids(torch.randn(2000, 8))
+    assert set(ids.tolist()) <= set(tiny_lm.allowed_ids("all").tolist())
+    specials = {tiny_lm.mask_id, tiny_lm.cls_id, tiny_lm.sep_id, tiny_lm.token_id("[PAD]"), tiny_lm.token_id("[unused0]")}
+    assert not specials & set(ids.tolist())
+
+
+def test_forward_passes_raw_embeddings_with_straight_through(quantizer):
+    u = torch.randn(2, 5, 8, requires_grad=True)
+    out = quantizer(u)
+    assert torch.allclose(out.embeds, quantizer.codebook[out.ids], atol=1e-6)
+    out.embeds.sum().backward()
+    assert u.grad is not None and u.grad.abs().sum() > 0
+    assert out.commit_loss.item() >= 0
+
+
+def test_usage_stats():
+    s = usage_stats(torch.tensor([1, 1, 2, 3]))
+    assert s["distinct"] == 3 and abs(s["top_share"] - 0.5) < 1e-9
+    assert 2.5 < s["perplexity"] < 3
