@@ -1,6 +1,7 @@
 """The `lqae` command line. stdout carries data only; people read stderr."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,35 @@ from .errors import LQAEError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Images to words of a language model's vocabulary, and words back to images (LQAE).")
 
+def cli_errors(fn):
+    """Failures become one line on stderr ('Error: ...') and exit 1; LQAE_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the top of a command
+            if isinstance(exc, typer.BadParameter) or os.environ.get("LQAE_DEBUG", "") not in ("", "0"):
+                raise
+            if isinstance(exc, LQAEError):
+                print(f"Error: {exc}", file=sys.stderr)
+            else:
+                msg = str(exc).splitlines()[0] if str(exc) else ""
+                print(f"Error: {exc.__class__.__name__}: {msg} (set LQAE_DEBUG=1 for the traceback)", file=sys.stderr)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
 Weights = Annotated[Optional[Path], typer.Option("--weights", "-w", help="checkpoint (.safetensors); default: $LQAE_WEIGHTS or the shipped one")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps; default: $LQAE_DEVICE or auto")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
 
 
 @app.command()
+@cli_errors
 def encode(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="images or folders; '-' reads one image from stdin")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="file, folder (mirrors the inputs) or .jsonl file; default stdout")] = None,
@@ -45,6 +69,7 @@ def encode(
 
 
 @app.command()
+@cli_errors
 def decode(
     tokens: Annotated[str, typer.Argument(help="token file (any format encode writes), folder of them, or '-' for stdin")],
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file, '-' for stdout, or a folder")],
@@ -71,6 +96,7 @@ def finish(tally, console, quiet: bool, output: str | None) -> None:
 
 
 @app.command()
+@cli_errors
 def info(weights: Weights = None,
          fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text"):
     """The checkpoint's card: geometry, language model, vocabulary, training record, metrics."""
@@ -112,6 +138,7 @@ def info(weights: Weights = None,
 
 
 @app.command()
+@cli_errors
 def train(
     data: Annotated[list[Path], typer.Argument(help="folders of training images (recursive); repeat a folder to weight it")],
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (.safetensors)")],
@@ -170,32 +197,65 @@ def train(
         print(f"saved {path}", file=sys.stderr)
 
 
+@app.command("eval")
+@cli_errors
+def eval_cmd(
+    data: Annotated[Path, typer.Argument(help="folder of images; sub-folders are classes")],
+    train_dir: Annotated[Optional[Path], typer.Option("--train", help="labelled folder to train the linear probe on")] = None,
+    test_dir: Annotated[Optional[Path], typer.Option("--test", help="labelled folder to score the linear probe on")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text",
+    save_grid: Annotated[Optional[Path], typer.Option("--save-grid", help="PNG of samples: input | reconstruction | thumbnail codec")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="evaluate an evenly spaced subset of this many images")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0)] = 1,
+    weights: Weights = None, device: Device = None, quiet: Quiet = False,
+):
+    """Reconstruction (vs a thumbnail codec), codebook use and a linear probe on a folder."""
+    import json
+
+    from .data import list_images
+    from .evaluate import evaluate, format_report, save_sample_grid
+    from .runtime import load, stderr_console
+
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    if (train_dir is None) != (test_dir is None):
+        raise typer.BadParameter("give both --train and --test, or neither")
+    if not data.is_dir():
+        raise LQAEError(f"no such folder: {data}")
+    console = stderr_console(quiet)
+    model = load(weights, device)
+    total = min(len(list_images(data)), limit or 10**12)
+    total += sum(len(list_images(d)) for d in (train_dir, test_dir) if d is not None)
+    from .convert import progress_for
+
+    with progress_for(console, total, "eval", not quiet) as (_, advance):
+        try:
+            report, res = evaluate(model, data, train_dir, test_dir, batch_size, workers, limit, progress=advance)
+        except ValueError as exc:
+            raise LQAEError(str(exc)) from None
+    for line in res.failed:
+        console.print(f"Error: {line}", markup=False)
+    if save_grid is not None:
+        save_sample_grid(save_grid, res.samples)
+    print(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
+
+
 def main() -> None:
-    """Entry point: one-line errors (LQAE_DEBUG=1 shows the traceback)."""
-    debug = os.environ.get("LQAE_DEBUG", "") not in ("", "0")
+    """Entry point for the `lqae` script and `python -m lqae_cli`: usage errors are one line too (exit 2)."""
+    from typer import Abort
+    from typer._click.exceptions import ClickException, UsageError
+
     try:
-        app(standalone_mode=False)
-    except SystemExit as exc:
-        raise
-    except typer.Exit as exc:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "lqae"
+        print(f"Error: {exc.format_message()} (see '{cmd} --help')", file=sys.stderr)
+        sys.exit(2)
+    except ClickException as exc:
+        print(f"Error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Abort):
         print("Error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the top of the program
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            print("Error: interrupted", file=sys.stderr)
-            sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if debug:
-            raise
-        if isinstance(exc, LQAEError):
-            print(f"Error: {exc}", file=sys.stderr)
-        else:
-            msg = str(exc).splitlines()[0] if str(exc) else ""
-            print(f"Error: {exc.__class__.__name__}: {msg} (set LQAE_DEBUG=1 for the traceback)", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

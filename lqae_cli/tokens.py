@@ -119,6 +119,7 @@ def _parse_plain(text: str, token_id, allowed, grid) -> list[TokenGrid]:
                 if i is None or i not in allowed:
                     raise TokenError(f"line {n}: '{w}' is not in the checkpoint's allowed vocabulary")
                 flat.append(i)
-        where = f"lines {block[0][0]}-{block[-1][0]}"
+        first, last = block[0][0], block[-1][0]
+        where = f"line {first}" if first == last else f"lines {first}-{last}"
         out.append(TokenGrid(_shape(flat, grid, where)))
     return out

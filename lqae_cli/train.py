@@ -106,10 +106,11 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.safetensors")
 
 
-def save_state(path: Path, opt, step: int, args: TrainArgs, elapsed: float) -> None:
+def save_state(path: Path, opt, step: int, args: TrainArgs, elapsed: float, rng_states: list[torch.Tensor]) -> None:
     sd = opt.state_dict()
     tensors = {f"optim.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
-    tensors["rng.cpu"] = torch.get_rng_state()
+    for rank, rng in enumerate(rng_states):  # every rank's stream, so masking resumes exactly everywhere
+        tensors[f"rng.cpu.{rank}"] = rng
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"step": str(step), "elapsed": str(elapsed), "param_groups": json.dumps(sd["param_groups"]),
@@ -117,7 +118,7 @@ def save_state(path: Path, opt, step: int, args: TrainArgs, elapsed: float) -> N
     save_tensors(path, tensors, meta)
 
 
-def load_state(path: Path, opt) -> tuple[int, float]:
+def load_state(path: Path, opt, rank: int = 0) -> tuple[int, float]:
     tensors, meta = read_tensors(path)
     state: dict[int, dict] = {}
     for key, v in tensors.items():
@@ -125,7 +126,7 @@ def load_state(path: Path, opt) -> tuple[int, float]:
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    torch.set_rng_state(tensors["rng.cpu"])
+    torch.set_rng_state(tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"]))
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return int(meta["step"]), float(meta.get("elapsed", 0))
@@ -155,6 +156,20 @@ def validate(model: LQAE, files: list[Path], device, autocast_dtype, limit: int 
     model.train()
     psnr = (-10 * torch.log10(torch.cat(mses).clamp_min(1e-10))).mean().item()
     return {"val_psnr": psnr, **{f"val_{k}": v for k, v in usage_stats(torch.cat(ids)).items()}}
+
+
+def weights_identical_across_ranks(model: torch.nn.Module, world: int) -> bool:
+    """Every rank's full state (weights and buffers), compared bit for bit through a gathered hash."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = torch.tensor(list(h.digest()), dtype=torch.uint8)
+    gathered = [torch.empty_like(digest) for _ in range(world)]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def train(args: TrainArgs) -> Path:
@@ -187,18 +202,19 @@ def train(args: TrainArgs) -> Path:
     if is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
     start, elapsed_before = 0, 0.0
+    torch.manual_seed(args.seed * 7919 + rank)  # masking / sampling streams differ per rank
     if args.resume and out.exists() and state_path(out).exists():
         tensors, _ = read_tensors(out)
         model.load_state_dict(tensors, strict=True)
-        start, elapsed_before = load_state(state_path(out), opt)
-    torch.manual_seed(args.seed * 7919 + rank + start)  # masking / sampling streams differ per rank
+        start, elapsed_before = load_state(state_path(out), opt, rank)
 
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
     dataset = EpochImages(files, cfg.image_size, seed=args.seed)
     sampler = EpochSampler(len(files), args.batch_size, args.seed, rank, world, start)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                          collate_fn=collate_skip_none, persistent_workers=args.workers > 0,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
 
     log_path = out.with_name(out.stem + ".metrics.jsonl")
     samples_dir = out.with_name(out.stem + ".samples")
@@ -217,16 +233,25 @@ def train(args: TrainArgs) -> Path:
               f"{model.quantizer.num_allowed} allowed words", file=sys.stderr)
 
     def checkpoint(step: int) -> None:
+        ranks_identical = None
         if distributed:  # buffers (BatchNorm statistics) from rank 0, so every rank holds the saved model
             for b in model.buffers():
                 dist.broadcast(b, 0)
+            ranks_identical = weights_identical_across_ranks(model, world)
+            rng_states = [torch.empty_like(torch.get_rng_state()) for _ in range(world)]
+            dist.all_gather(rng_states, torch.get_rng_state())
+        else:
+            rng_states = [torch.get_rng_state()]
         if is_main:
             record = {"step": step, "images_seen": step * args.batch_size * world, "world_size": world,
                       "device": str(device), "precision": "bf16" if autocast_dtype else "fp32",
                       "wall_time_s": round(elapsed_before + time.time() - t_start, 1), "data": [str(d) for d in args.data],
-                      "lr": args.lr, "batch_size": args.batch_size * world, "steps": args.steps, "seed": args.seed}
+                      "lr": args.lr, "batch_size": args.batch_size * world, "steps": args.steps, "seed": args.seed,
+                      "mask_ratio": args.mask_ratio, "preset": args.preset}
+            if ranks_identical is not None:
+                record["ranks_identical"] = ranks_identical
             save_model(model, out, training=record, metrics=last_metrics)
-            save_state(state_path(out), opt, step, args, record["wall_time_s"])
+            save_state(state_path(out), opt, step, args, record["wall_time_s"], rng_states)
         if distributed:
             dist.barrier()
 

@@ -1,0 +1,237 @@
+"""How good a checkpoint is: reconstruction against a trivial codec, codebook use, linear probe.
+
+Everything is measured on the same images in the same run, so comparisons are ratios, not guesses.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .convert import Source, image_batches
+from .data import list_images
+
+_ENGLISH = re.compile(r"^[a-z]+$")
+
+
+# --- image metrics ----------------------------------------------------------------
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per image PSNR in dB of (B, 3, H, W) tensors in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).float()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per image SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 .01, K2 .03, data range 1),
+    averaged over channels and valid window positions."""
+    a, b = a.double(), b.double()
+    C = a.shape[1]
+    w = _gaussian_window().double().expand(C, 1, 11, 11)
+    mu_a, mu_b = F.conv2d(a, w, groups=C), F.conv2d(b, w, groups=C)
+    saa = F.conv2d(a * a, w, groups=C) - mu_a ** 2
+    sbb = F.conv2d(b * b, w, groups=C) - mu_b ** 2
+    sab = F.conv2d(a * b, w, groups=C) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def thumbnail_codec(images: torch.Tensor, thumb: int) -> torch.Tensor:
+    """The trivial codec: shrink to thumb x thumb pixels and enlarge back, both bicubic (Pillow)."""
+    out = []
+    for img in images:
+        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        pil = Image.fromarray(arr)
+        small = pil.resize((thumb, thumb), Image.BICUBIC)
+        back = small.resize(pil.size, Image.BICUBIC)
+        out.append(torch.frombuffer(bytearray(back.tobytes()), dtype=torch.uint8).view(*arr.shape).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
+
+
+# --- codebook ----------------------------------------------------------------------
+def codebook_report(ids: torch.Tensor, vocab: list[str], top: int = 20) -> dict:
+    counts = Counter(ids.flatten().tolist())
+    total = sum(counts.values())
+    p = torch.tensor(list(counts.values()), dtype=torch.float64) / total
+    english = sum(c for i, c in counts.items() if _ENGLISH.match(vocab[i]))
+    return {"positions": total, "distinct": len(counts), "perplexity": float(torch.exp(-(p * p.log()).sum())),
+            "top_share": float(p.max()), "english_share": english / total,
+            "top_words": [[vocab[i], c / total] for i, c in counts.most_common(top)]}
+
+
+# --- linear probe ------------------------------------------------------------------
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 classes: int, epochs: int = 100, seed: int = 0) -> float:
+    """LayerNorm + linear classifier (AdamW, full batch, fixed seed) -> test accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    dim = train_x.shape[1]
+    norm = torch.nn.LayerNorm(dim)
+    head = torch.nn.Linear(dim, classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(classes, dim, generator=g) * 0.01)
+        head.bias.zero_()
+    params = list(norm.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(train_x), generator=g).split(1024):
+            opt.zero_grad()
+            F.cross_entropy(head(norm(train_x[idx])), train_y[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        return float((head(norm(test_x)).argmax(1) == test_y).float().mean())
+
+
+# --- running a checkpoint over a folder --------------------------------------------
+@dataclass
+class FolderResult:
+    files: list[Path]
+    labels: list[str]
+    ids: torch.Tensor           # (N, g, g)
+    features: torch.Tensor      # (N, D) mean-pooled LM hidden states
+    pixels: torch.Tensor        # (N, 3*H*W) raw pixels, for the control probe
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+    base_psnr: torch.Tensor
+    base_ssim: torch.Tensor
+    failed: list[str] = field(default_factory=list)
+    samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def class_of(path: Path, root: Path) -> str:
+    rel = path.relative_to(root)
+    return rel.parts[0] if len(rel.parts) > 1 else ""
+
+
+@torch.no_grad()
+def run_folder(model, root: Path, batch_size: int = 64, workers: int = 1, limit: int | None = None,
+               reconstruct: bool = True, progress=None) -> FolderResult:
+    files = list_images(root)
+    if limit:
+        step = max(1, len(files) // limit)
+        files = files[::step][:limit]
+    sources = [Source(name=str(f), path=f) for f in files]
+    size, thumb = model.cfg.image_size, model.cfg.grid_size
+    device = next(model.parameters()).device
+    keep, ids, feats, pix, ps, ss, bps, bss, failed, samples = [], [], [], [], [], [], [], [], [], []
+    for batch in image_batches(sources, size, batch_size, workers):
+        good = [(i, t) for i, t, err in batch if err is None]
+        failed += [f"{sources[i].name}: {err}" for i, _, err in batch if err is not None]
+        if progress:
+            progress(len(batch))
+        if not good:
+            continue
+        x = torch.stack([t for _, t in good]).to(device)
+        i = model.encode(x)
+        h = model.run_lm(model.quantizer.codebook[i.flatten(1)])
+        keep += [files[j] for j, _ in good]
+        ids.append(i.cpu())
+        feats.append(h.float().mean(1).cpu())
+        pix.append(x.flatten(1).cpu())
+        if reconstruct:
+            rec = ((model.decoder(h).float() + 1) / 2).clamp(0, 1)
+            base = thumbnail_codec(x.cpu(), thumb)
+            ps.append(psnr(rec.cpu(), x.cpu()))
+            ss.append(ssim(rec.cpu(), x.cpu()))
+            bps.append(psnr(base, x.cpu()))
+            bss.append(ssim(base, x.cpu()))
+            if len(samples) < 8:
+                samples += [(x[k].cpu(), rec[k].cpu(), base[k]) for k in range(min(8 - len(samples), len(x)))]
+    cat = lambda xs: torch.cat(xs) if xs else torch.empty(0)
+    return FolderResult(keep, [class_of(f, Path(root)) for f in keep], cat(ids), cat(feats), cat(pix),
+                        cat(ps), cat(ss), cat(bps), cat(bss), failed, samples)
+
+
+def split_by_class(labels: list[str], test_share: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """A stratified split with a fixed seed."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in sorted(set(labels)):
+        idx = [i for i, l in enumerate(labels) if l == c]
+        idx = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n_test = max(1, round(len(idx) * test_share)) if len(idx) > 1 else 0
+        test += idx[:n_test]
+        train += idx[n_test:]
+    return sorted(train), sorted(test)
+
+
+def probe_report(train: FolderResult, test: FolderResult, train_idx=None, test_idx=None) -> dict:
+    classes = sorted(set(train.labels) | set(test.labels))
+    index = {c: k for k, c in enumerate(classes)}
+    ty = torch.tensor([index[l] for l in train.labels])
+    sy = torch.tensor([index[l] for l in test.labels])
+    tr = slice(None) if train_idx is None else torch.tensor(train_idx)
+    te = slice(None) if test_idx is None else torch.tensor(test_idx)
+    lm_acc = linear_probe(train.features[tr], ty[tr], test.features[te], sy[te], len(classes))
+    px_acc = linear_probe(train.pixels[tr], ty[tr], test.pixels[te], sy[te], len(classes))
+    n_train = len(ty[tr]) if train_idx is not None else len(ty)
+    n_test = len(sy[te]) if test_idx is not None else len(sy)
+    majority = Counter(sy[te].tolist()).most_common(1)[0][1] / n_test
+    return {"classes": len(classes), "train_images": n_train, "test_images": n_test,
+            "lm_features_accuracy": lm_acc, "raw_pixels_accuracy": px_acc, "majority_class_accuracy": majority}
+
+
+def evaluate(model, data: Path, train: Path | None = None, test: Path | None = None, batch_size: int = 64,
+             workers: int = 1, limit: int | None = None, progress=None) -> tuple[dict, FolderResult]:
+    res = run_folder(model, data, batch_size, workers, limit, progress=progress)
+    if len(res.files) == 0:
+        raise ValueError(f"no readable images under {data}")
+    report = {"data": str(data), "images": len(res.files), "failed": len(res.failed),
+              "checkpoint": getattr(model, "name", ""), "lm_fingerprint": model.cfg.lm_fingerprint,
+              "reconstruction": {
+                  "psnr": float(res.psnr.mean()), "ssim": float(res.ssim.mean()),
+                  "thumbnail_psnr": float(res.base_psnr.mean()), "thumbnail_ssim": float(res.base_ssim.mean()),
+                  "thumbnail_size": model.cfg.grid_size,
+                  "psnr_gain_db": float(res.psnr.mean() - res.base_psnr.mean()),
+                  "tokens_bits": model.cfg.num_tokens * math.log2(model.quantizer.num_allowed),
+                  "thumbnail_bits": 3 * 8 * model.cfg.grid_size ** 2},
+              "codebook": codebook_report(res.ids, model.lm.vocab)}
+    if train is not None and test is not None:
+        tr = run_folder(model, train, batch_size, workers, reconstruct=False, progress=progress)
+        te = run_folder(model, test, batch_size, workers, reconstruct=False, progress=progress)
+        report["probe"] = probe_report(tr, te)
+    elif len(set(res.labels)) > 1:
+        tr_idx, te_idx = split_by_class(res.labels)
+        report["probe"] = probe_report(res, res, tr_idx, te_idx)
+    return report, res
+
+
+def save_sample_grid(path: Path, samples) -> None:
+    """Rows of input | reconstruction | thumbnail codec, enlarged 2x."""
+    from .checkpoint import atomic_write
+
+    rows = [torch.cat([x, r, b], dim=2) for x, r, b in samples]
+    grid = torch.cat(rows, dim=1)
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr)
+    img = img.resize((img.width * 2, img.height * 2), Image.NEAREST)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def format_report(r: dict) -> str:
+    rec, cb = r["reconstruction"], r["codebook"]
+    lines = [f"data              {r['data']}  ({r['images']} images, {r['failed']} unreadable)",
+             f"reconstruction    PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}",
+             f"thumbnail codec   PSNR {rec['thumbnail_psnr']:.2f} dB  SSIM {rec['thumbnail_ssim']:.3f}  "
+             f"({rec['thumbnail_size']}x{rec['thumbnail_size']} px, bicubic)",
+             f"gain              {rec['psnr_gain_db']:+.2f} dB",
+             f"codebook          {cb['distinct']} distinct words over {cb['positions']} positions, perplexity {cb['perplexity']:.0f}, "
+             f"top word {cb['top_share']:.1%}, whole English words {cb['english_share']:.1%}",
+             "top words         " + ", ".join(f"{w} {s:.1%}" for w, s in cb["top_words"])]
+    if "probe" in r:
+        p = r["probe"]
+        lines.append(f"linear probe      LM features {p['lm_features_accuracy']:.1%}  raw pixels {p['raw_pixels_accuracy']:.1%}  "
+                     f"majority {p['majority_class_accuracy']:.1%}  ({p['classes']} classes, {p['train_images']} train / {p['test_images']} test)")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""The command line in-process (CliRunner: bytes in, bytes out) on a tiny checkpoint."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import write_images
+from lqae_cli.cli import app
+
+
+@pytest.fixture()
+def run(tiny_ckpt, monkeypatch):
+    monkeypatch.setenv("LQAE_WEIGHTS", str(tiny_ckpt))
+    monkeypatch.delenv("LQAE_DEVICE", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture()
+def images(tmp_path):
+    return write_images(tmp_path / "imgs", 5)
+
+
+def test_encode_prints_grid_of_words(run, images, tiny_lm):
+    r = run("encode", images[0])
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and all(len(l.split()) == 4 for l in lines)
+    allowed = set(tiny_lm.tokens(tiny_lm.allowed_ids("all").tolist()))
+    assert all(w in allowed for l in lines for w in l.split())
+    assert r.stderr == ""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "jsonl", "ids"])
+def test_every_format_round_trips_to_same_ids(run, images, fmt, tmp_path):
+    ids = json.loads(run("encode", images[0], "-f", "json").stdout)["ids"]
+    out = run("encode", images[0], "-f", fmt).stdout
+    png = tmp_path / f"{fmt}.png"
+    r = run("decode", "-", "-o", png, input=out)
+    assert r.exit_code == 0, r.stderr
+    ref = tmp_path / "ref.png"
+    run("decode", "-", "-o", ref, input=json.dumps({"ids": ids}))
+    assert png.read_bytes() == ref.read_bytes()
+
+
+def test_json_record_fields(run, images, tiny_lm):
+    rec = json.loads(run("encode", images[0], "-f", "json").stdout)
+    assert set(rec) >= {"source", "checkpoint", "lm_fingerprint", "grid", "ids", "tokens"}
+    assert rec["grid"] == [4, 4] and rec["lm_fingerprint"] == tiny_lm.fingerprint
+    assert [[tiny_lm.token_id(t) for t in row] for row in rec["tokens"]] == rec["ids"]
+
+
+def test_decode_png_to_stdout(run, images, tmp_path):
+    text = run("encode", images[0]).stdout
+    r = run("decode", "-", "-o", "-", input=text)
+    assert r.exit_code == 0
+    assert r.stdout_bytes.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(r.stdout_bytes)).size == (16, 16)
+
+
+def test_hand_edited_token_changes_image(run, images, tmp_path, tiny_lm):
+    text = run("encode", images[0]).stdout
+    words = text.split()
+    replacement = "apple" if words[0] != "apple" else "river"
+    edited = text.replace(words[0], replacement, 1)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert run("decode", "-", "-o", a, input=text).exit_code == 0
+    assert run("decode", "-", "-o", b, input=edited).exit_code == 0
+    assert a.read_bytes() != b.read_bytes()
+
+
+def test_unknown_token_is_one_line_error(run, images):
+    text = run("encode", images[0]).stdout.splitlines()
+    text[2] = "notaword " + " ".join(text[2].split()[1:])
+    r = run("decode", "-", "-o", "x.png", input="\n".join(text) + "\n")
+    assert r.exit_code == 1
+    assert r.stderr.count("\n") == 1 and "line 3" in r.stderr and "notaword" in r.stderr
+    assert r.stdout == ""
+
+
+def test_special_token_is_rejected(run, images):
+    text = run("encode", images[0]).stdout
+    r = run("decode", "-", "-o", "x.png", input="[MASK] " + " ".join(text.split()[1:]))
+    assert r.exit_code == 1 and "[MASK]" in r.stderr
+
+
+def test_wrong_count_and_empty_input(run, images):
+    text = run("encode", images[0]).stdout
+    r = run("decode", "-", "-o", "x.png", input=" ".join(text.split()[:-1]))
+    assert r.exit_code == 1 and "expected 16 tokens" in r.stderr and "got 15" in r.stderr
+    r = run("decode", "-", "-o", "x.png", input="")
+    assert r.exit_code == 1 and "empty" in r.stderr
+
+
+def test_encode_deterministic_across_batch_sizes(run, images):
+    a = run("encode", *images, "-f", "jsonl", "--batch-size", "1").stdout
+    b = run("encode", *images, "-f", "jsonl", "--batch-size", "64").stdout
+    assert a == b and len(a.splitlines()) == 5
+
+
+def test_batch_folder_mirrors_tree_and_resumes(run, tmp_path):
+    src = tmp_path / "photos"
+    write_images(src / "a", 3)
+    write_images(src / "b" / "c", 2, seed=1)
+    out = tmp_path / "tokens"
+    r = run("encode", src, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt"))
+    assert made == ["a/img000.txt", "a/img001.txt", "a/img002.txt", "b/c/img000.txt", "b/c/img001.txt"]
+    assert "converted 5, skipped 0, failed 0" in r.stderr
+    first = (out / "a" / "img000.txt").stat().st_mtime_ns
+    (out / "a" / "img001.txt").unlink()  # as if interrupted before this one
+    r = run("encode", src, "-o", out)
+    assert "converted 1, skipped 4, failed 0" in r.stderr
+    assert (out / "a" / "img000.txt").stat().st_mtime_ns == first
+    assert not list(out.rglob("*.tmp"))
+    # and back: a folder of token files -> a folder of PNGs
+    pngs = tmp_path / "pngs"
+    r = run("decode", out, "-o", pngs)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.relative_to(pngs).as_posix() for p in pngs.rglob("*.png")) == [m.replace(".txt", ".png") for m in made]
+
+
+def test_batch_with_bad_files_converts_the_rest(run, tmp_path):
+    src = tmp_path / "mixed"
+    write_images(src, 3)
+    (src / "zero.png").write_bytes(b"")
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
+    (src / "text.jpg").write_text("not an image")
+    Image.new("RGB", (8, 8)).save(src / "trunc.png")
+    (src / "trunc.png").write_bytes((src / "trunc.png").read_bytes()[:30])
+    out = tmp_path / "out"
+    r = run("encode", src, "-o", out)
+    assert r.exit_code == 1
+    assert "converted 3, skipped 0, failed 4" in r.stderr
+    assert len(list(out.rglob("*.txt"))) == 3
+    for name in ("zero.png", "corrupt.png", "text.jpg", "trunc.png"):
+        assert name in r.stderr
+
+
+def test_jsonl_output_and_decode_back(run, images, tmp_path):
+    out = tmp_path / "tokens.jsonl"
+    assert run("encode", *images, "-o", out).exit_code == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(l)["grid"] == [4, 4] for l in lines)
+    r = run("encode", *images, "-o", out)
+    assert "skipped 5" in r.stderr and len(out.read_text().splitlines()) == 5
+    pngs = tmp_path / "pngs"
+    assert run("decode", out, "-o", pngs).exit_code == 0
+    assert len(list(pngs.rglob("*.png"))) == 5
+
+
+def test_from_list_and_no_escape(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "in", 2)
+    (tmp_path / "out").mkdir()
+    listing = "in/img000.png\nin/../in/img001.png\nmissing.png\n"
+    r = run("encode", "--from-list", "-", "-o", "out", input=listing)
+    assert r.exit_code == 1
+    assert (tmp_path / "out" / "in" / "img000.txt").exists()
+    assert "'..'" in r.stderr and "missing.png" in r.stderr
+    assert not list(tmp_path.glob("*.txt")) and not (tmp_path / "in" / "img001.txt").exists()
+
+
+def test_symlinked_output_dir_does_not_escape(run, tmp_path):
+    write_images(tmp_path / "src" / "sub", 1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(outside)
+    r = run("encode", tmp_path / "src", "-o", out)
+    assert r.exit_code == 1 and "outside" in r.stderr
+    assert not list(outside.iterdir())
+
+
+def test_missing_checkpoint_and_cuda(run, images, tmp_path, monkeypatch):
+    r = run("encode", images[0], "--weights", tmp_path / "nope.safetensors")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: checkpoint not found")
+    import torch
+
+    if not torch.cuda.is_available():
+        r = run("encode", images[0], "--device", "cuda")
+        assert r.exit_code == 1 and "CUDA" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_info_text_and_json(run, tiny_ckpt):
+    r = run("info")
+    assert r.exit_code == 0 and "4x4 = 16 words" in r.stdout
+    data = json.loads(run("info", "-f", "json").stdout)
+    assert data["grid"] == [4, 4] and data["training"] == {"steps": 3}
+
+
+def test_usage_error_exit_2(run):
+    r = run("encode", "--format", "nope", "x.png")
+    assert r.exit_code == 2

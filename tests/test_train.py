@@ -1,0 +1,87 @@
+"""`lqae train`: a real (tiny) run to a checkpoint that encode/decode load; exact resume; two gloo ranks."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import write_images
+from lqae_cli.cli import app
+
+
+def train_args(data: Path, out: Path, lm_dir: Path, steps: int, *extra) -> list[str]:
+    return ["train", str(data), "--out", str(out), "--preset", "tiny", "--steps", str(steps), "--batch-size", "8",
+            "--image-size", "16", "--patch-size", "4", "--lm", str(lm_dir), "--vocab-rule", "all", "--workers", "0",
+            "--warmup", "2", "--save-every", "2", "--sample-every", "2", "--log-every", "1", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_imgs")
+    write_images(root / "a", 100, size=24)
+    write_images(root / "b", 100, size=18, seed=5)
+    (root / "b" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tmp_path):
+    out = tmp_path / "run" / "model.safetensors"
+    runner = CliRunner()
+    # --epochs 2.2 overrides --steps: round(2.2 * 201 / 8) = 55 steps, every image seen twice or more
+    r = runner.invoke(app, train_args(folder, out, tiny_lm_dir, 6, "--epochs", "2.2"), catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ""  # training prints nothing on stdout
+    assert r.stderr.count("broken.png") == 1  # reported once, not fatal
+    assert out.exists() and (tmp_path / "run" / "model.state.safetensors").exists()
+    metrics = [json.loads(l) for l in (tmp_path / "run" / "model.metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 56))
+    assert list((tmp_path / "run" / "model.samples").glob("step_*.png"))
+    assert not list((tmp_path / "run").glob(".*tmp"))
+    enc = runner.invoke(app, ["encode", str(folder / "a" / "img000.png"), "--weights", str(out)], catch_exceptions=False)
+    assert enc.exit_code == 0 and len(enc.stdout.split()) == 16
+    dec = runner.invoke(app, ["decode", "-", "-o", str(tmp_path / "x.png"), "--weights", str(out)], input=enc.stdout)
+    assert dec.exit_code == 0 and (tmp_path / "x.png").exists()
+
+
+def test_training_lowers_reconstruction_loss(folder, tiny_lm_dir, tmp_path):
+    out = tmp_path / "model.safetensors"
+    r = CliRunner().invoke(app, train_args(folder, out, tiny_lm_dir, 40, "--lr", "3e-3"), catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    mse = [json.loads(l)["mse"] for l in (tmp_path / "model.metrics.jsonl").read_text().splitlines()]
+    assert sum(mse[-5:]) / 5 < 0.8 * sum(mse[:5]) / 5
+
+
+def test_resume_continues_exactly(folder, tiny_lm_dir, tmp_path):
+    runner = CliRunner()
+    straight = tmp_path / "straight.safetensors"
+    assert runner.invoke(app, train_args(folder, straight, tiny_lm_dir, 4)).exit_code == 0
+    split = tmp_path / "split.safetensors"
+    assert runner.invoke(app, train_args(folder, split, tiny_lm_dir, 2)).exit_code == 0
+    r = runner.invoke(app, train_args(folder, split, tiny_lm_dir, 4, "--resume"), catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    a, b = load_file(str(straight)), load_file(str(split))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_gloo_processes_end_identical(folder, tiny_lm_dir, tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lqae_cli",
+           *train_args(folder, out, tiny_lm_dir, 3, "--device", "cpu")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from lqae_cli.checkpoint import read_card
+
+    card = read_card(out)
+    assert card["training"]["world_size"] == 2
+    assert card["training"]["ranks_identical"] is True
+    assert card["training"]["batch_size"] == 16
