@@ -241,6 +241,46 @@ def eval_cmd(
     print(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
 
 
+@app.command()
+@cli_errors
+def show(
+    images: Annotated[Optional[list[Path]], typer.Argument(help="images to draw, one row each")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG sheet to write")] = Path("card.png"),
+    tokens: Annotated[Optional[Path], typer.Option("--tokens", "-t", help="draw a (hand-edited) token file instead; '-' = stdin")] = None,
+    weights: Weights = None, device: Device = None,
+):
+    """A picture of what the words say: input | reconstruction | words on the patch grid."""
+    import torch
+
+    from .checkpoint import atomic_write
+    from .convert import read_token_inputs, Tally
+    from .data import ImageError, load_image
+    from .runtime import load, stderr_console
+    from .show import sheet, to_pil
+
+    if not images and tokens is None:
+        raise typer.BadParameter("give images or --tokens FILE")
+    model = load(weights, device)
+    dev = next(model.parameters()).device
+    vocab = model.lm.vocab
+    rows = []
+    for path in images or []:
+        try:
+            x = load_image(path, model.cfg.image_size).unsqueeze(0).to(dev)
+        except (ImageError, OSError) as exc:
+            raise LQAEError(f"{path}: {exc}") from None
+        ids = model.encode(x)
+        rec = model.decode(ids)[0]
+        rows.append((str(path), to_pil(x[0]), to_pil(rec), [[vocab[i] for i in row] for row in ids[0].tolist()]))
+    if tokens is not None:
+        for job in read_token_inputs(str(tokens), model, None, Tally(), stderr_console()):
+            ids = torch.tensor([job.grid.ids], device=dev)
+            rows.append((f"{job.name} (tokens)", None, to_pil(model.decode(ids)[0]), [[vocab[i] for i in r] for r in job.grid.ids]))
+    img, _ = sheet(rows)
+    atomic_write(output, lambda tmp: img.save(tmp, format="PNG"))
+    print(f"wrote {output} ({len(rows)} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
+
+
 def main() -> None:
     """Entry point for the `lqae` script and `python -m lqae_cli`: usage errors are one line too (exit 2)."""
     from typer import Abort

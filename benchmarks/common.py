@@ -1,0 +1,57 @@
+"""Shared helpers for the benchmark scripts: machine description, medians, a matmul-rate probe."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def median_wall(cmd: list[str], runs: int, env=None, stdin=None) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, stdin=stdin)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def matmul_rate(dtype_name: str = "float32", n: int = 1024, repeats: int = 10) -> float:
+    """Measured dense matmul rate in GFLOP/s on this machine (the ceiling we compare against)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def peak_rss_mb(pid_usage) -> float:
+    return pid_usage.ru_maxrss / 1024
+
+
+def header(title: str) -> None:
+    print(f"# {title}")
+    print(f"machine: {machine()}")
+    sys.stdout.flush()

@@ -1,0 +1,92 @@
+"""`lqae show`: a contact sheet of input | reconstruction | the words on the patch grid.
+
+Fonts come from Pillow itself (its built-in scalable default font), so nothing depends on system fonts.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+PANEL = 512          # pixels per panel side
+PAD = 16
+TITLE = 28
+# light tints for words that repeat in one image: 1x (none), 2x, 3x, 4+x
+REPEAT_TINTS = [None, (255, 236, 179), (255, 204, 153), (255, 171, 145)]
+
+
+@dataclass
+class WordCell:
+    row: int
+    col: int
+    word: str        # the token as the vocabulary spells it
+    shown: str       # what fits in the cell (ellipsis when shortened)
+    count: int       # how often the word occurs in this image
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def fit_text(word: str, width: int, fnt) -> str:
+    if fnt.getlength(word) <= width:
+        return word
+    for n in range(len(word) - 1, 0, -1):
+        s = word[:n] + "…"
+        if fnt.getlength(s) <= width:
+            return s
+    return "…"
+
+
+def layout_words(tokens: list[list[str]], cell: int, fnt) -> list[WordCell]:
+    """Where each word goes on the grid, as drawn."""
+    counts = Counter(w for row in tokens for w in row)
+    return [WordCell(r, c, w, fit_text(w, cell - 4, fnt), counts[w]) for r, row in enumerate(tokens) for c, w in enumerate(row)]
+
+
+def word_panel(background: Image.Image, tokens: list[list[str]]) -> tuple[Image.Image, list[WordCell]]:
+    g = len(tokens)
+    cell = PANEL // g
+    faded = Image.blend(background.convert("RGB").resize((PANEL, PANEL), Image.BICUBIC), Image.new("RGB", (PANEL, PANEL), "white"), 0.72)
+    draw = ImageDraw.Draw(faded, "RGBA")
+    fnt = font(max(8, min(18, cell // 4)))
+    cells = layout_words(tokens, cell, fnt)
+    for wc in cells:
+        x, y = wc.col * cell, wc.row * cell
+        tint = REPEAT_TINTS[min(wc.count, len(REPEAT_TINTS)) - 1]
+        if tint:
+            draw.rectangle([x + 1, y + 1, x + cell - 2, y + cell - 2], fill=tint + (120,))
+        draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(0, 0, 0, 60))
+        draw.text((x + cell / 2, y + cell / 2), wc.shown, font=fnt, fill=(20, 20, 20), anchor="mm")
+    return faded, cells
+
+
+def to_pil(t: torch.Tensor) -> Image.Image:
+    return Image.fromarray((t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
+def placeholder(text: str) -> Image.Image:
+    img = Image.new("RGB", (PANEL, PANEL), (235, 235, 235))
+    ImageDraw.Draw(img).text((PANEL / 2, PANEL / 2), text, font=font(24), fill=(90, 90, 90), anchor="mm")
+    return img
+
+
+def sheet(rows: list[tuple[str, Image.Image | None, Image.Image, list[list[str]]]]) -> tuple[Image.Image, list[list[WordCell]]]:
+    """rows of (title, input or None, reconstruction, tokens) -> one PNG sheet and the cells drawn."""
+    width = 3 * PANEL + 4 * PAD
+    height = len(rows) * (PANEL + TITLE + PAD) + PAD
+    out = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(out)
+    fnt = font(16)
+    all_cells = []
+    for i, (title, inp, rec, tokens) in enumerate(rows):
+        y = PAD + i * (PANEL + TITLE + PAD)
+        draw.text((PAD, y + 4), title, font=fnt, fill=(0, 0, 0))
+        left = inp.resize((PANEL, PANEL), Image.NEAREST) if inp is not None else placeholder("(from tokens)")
+        panel, cells = word_panel(inp if inp is not None else rec, tokens)
+        for k, img in enumerate([left, rec.resize((PANEL, PANEL), Image.NEAREST), panel]):
+            out.paste(img, (PAD + k * (PANEL + PAD), y + TITLE))
+        all_cells.append(cells)
+    return out, all_cells
