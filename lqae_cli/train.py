@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from .checkpoint import atomic_write, read_tensors, save_model, save_tensors
 from .config import preset
+from .curves import plot_curves
 from .data import TrainImages, collate_skip_none, list_images, load_image
 from .lm import LanguageModel
 from .model import LQAE
@@ -252,6 +253,8 @@ def train(args: TrainArgs) -> Path:
                 record["ranks_identical"] = ranks_identical
             save_model(model, out, training=record, metrics=last_metrics)
             save_state(state_path(out), opt, step, args, record["wall_time_s"], rng_states)
+            if log_path.exists():
+                plot_curves(log_path, out.with_name(out.stem + ".curves.png"))
         if distributed:
             dist.barrier()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -43,6 +44,7 @@ def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tm
     metrics = [json.loads(l) for l in (tmp_path / "run" / "model.metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 56))
     assert list((tmp_path / "run" / "model.samples").glob("step_*.png"))
+    assert Image.open(tmp_path / "run" / "model.curves.png").size == (1260, 260)
     assert not list((tmp_path / "run").glob(".*tmp"))
     enc = runner.invoke(app, ["encode", str(folder / "a" / "img000.png"), "--weights", str(out)], catch_exceptions=False)
     assert enc.exit_code == 0 and len(enc.stdout.split()) == 16
