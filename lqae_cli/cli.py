@@ -54,7 +54,7 @@ def encode(
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Print images as a grid of words (one line per token row), or convert whole folders."""
-    from .convert import encode_all
+    from .convert import Tally, encode_all
     from .runtime import load, stderr_console
     from .tokens import FORMATS
 
@@ -64,7 +64,9 @@ def encode(
         raise typer.BadParameter(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})", param_hint="--format")
     console = stderr_console(quiet)
     model = load(weights, device)
-    tally = encode_all(model, inputs or [], from_list, output, fmt, batch_size, workers, skip_existing, console, not quiet)
+    tally = Tally()
+    with interrupt_summary(tally):
+        encode_all(model, inputs or [], from_list, output, fmt, batch_size, workers, skip_existing, console, not quiet, tally)
     finish(tally, console, quiet, output)
 
 
@@ -78,13 +80,31 @@ def decode(
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Turn words back into an image (through the language model, as in training)."""
-    from .convert import decode_all
+    from .convert import Tally, decode_all
     from .runtime import load, stderr_console
 
     console = stderr_console(quiet)
     model = load(weights, device)
-    tally = decode_all(model, tokens, output, batch_size, skip_existing, console, not quiet)
+    tally = Tally()
+    with interrupt_summary(tally):
+        decode_all(model, tokens, output, batch_size, skip_existing, console, not quiet, tally)
     finish(tally, console, quiet, output)
+
+
+class interrupt_summary:
+    """Ctrl-C: finished outputs stay (each was renamed into place whole), a summary says how far it got, exit 130."""
+
+    def __init__(self, tally):
+        self.tally = tally
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is KeyboardInterrupt:
+            print(f"Error: interrupted ({self.tally.summary()}); run the same command again to resume", file=sys.stderr)
+            raise typer.Exit(130)
+        return False
 
 
 def finish(tally, console, quiet: bool, output: str | None) -> None:

@@ -177,8 +177,9 @@ def finished_jsonl_sources(path: Path) -> set[str]:
 
 
 def encode_all(model, inputs: list[str], from_list: str | None, output: str | None, fmt: str | None,
-               batch_size: int, workers: int, skip_existing: bool, console, show_progress: bool) -> Tally:
-    tally = Tally()
+               batch_size: int, workers: int, skip_existing: bool, console, show_progress: bool,
+               tally: Tally | None = None) -> Tally:
+    tally = tally if tally is not None else Tally()
     out_path = Path(output) if output not in (None, "-") else None
     jsonl_out = out_path is not None and out_path.suffix == ".jsonl"
     many = len(inputs) > 1 or from_list is not None or any(Path(i).is_dir() for i in inputs if i != "-")
@@ -330,8 +331,9 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def decode_all(model, source: str, output: str, batch_size: int, skip_existing: bool, console, show_progress: bool) -> Tally:
-    tally = Tally()
+def decode_all(model, source: str, output: str, batch_size: int, skip_existing: bool, console, show_progress: bool,
+               tally: Tally | None = None) -> Tally:
+    tally = tally if tally is not None else Tally()
     out_path = None if output == "-" else Path(output)
     looks_like_dir = out_path is not None and (out_path.is_dir() or output.endswith(os.sep) or out_path.suffix == "")
     jobs = read_token_inputs(source, model, out_path if looks_like_dir else None, tally, console)

@@ -94,7 +94,8 @@ class LQAE(nn.Module):
         self.lm = lm  # frozen and not registered: its weights stay in their own package
         self.encoder = Encoder(cfg)
         self.quantizer = WordQuantizer(lm.word_embeddings, lm.allowed_ids(cfg.vocab_rule), cfg.match_dim,
-                                       cfg.entropy_temperature, cfg.entropy_tokens, fit=fit_matching)
+                                       cfg.entropy_temperature, cfg.entropy_tokens, fit=fit_matching,
+                                       num_positions=cfg.num_tokens, position_dither=cfg.position_dither)
         self.decoder = Decoder(cfg, lm.hidden_size)
         self.register_buffer("mask_embed", lm.word_embeddings[lm.mask_id].clone(), persistent=False)
         self.register_buffer("frame_embeds", lm.word_embeddings[[lm.cls_id, lm.sep_id]].clone(), persistent=False)
@@ -105,7 +106,7 @@ class LQAE(nn.Module):
         """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid). Needs no LM layers."""
         u = self.encoder(images * 2 - 1)
         g = self.cfg.grid_size
-        return self.quantizer.nearest_ids(u).view(-1, g, g)
+        return self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ class QuantizerOutput:
 
 class WordQuantizer(nn.Module):
     def __init__(self, codebook: torch.Tensor, allowed_ids: torch.Tensor, match_dim: int,
-                 entropy_temperature: float = 0.05, entropy_tokens: int = 1024, rescore_candidates: int = 8, fit: bool = True):
+                 entropy_temperature: float = 0.05, entropy_tokens: int = 1024, rescore_candidates: int = 8, fit: bool = True,
+                 num_positions: int = 64, position_dither: float = 0.0, seed: int = 0):
         super().__init__()
         V, D = codebook.shape
         if match_dim > D:
@@ -48,6 +49,10 @@ class WordQuantizer(nn.Module):
         self.register_buffer("match_proj", torch.zeros(D, match_dim))   # whitening projection
         self.register_buffer("match_lift", torch.zeros(match_dim, D))   # its inverse on the kept subspace
         self.register_buffer("match_codes", torch.zeros(len(allowed_ids), match_dim), persistent=False)
+        # A fixed offset per grid position, added before matching: a flat patch (white, black background)
+        # becomes a different word at each position instead of one word covering a third of all positions.
+        dither = torch.randn(num_positions, match_dim, generator=torch.Generator().manual_seed(seed)) * position_dither
+        self.register_buffer("position_dither", dither)
         if fit:  # a checkpoint load brings the fitted space instead
             self.fit_matching_space()
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_codes())
@@ -94,9 +99,13 @@ class WordQuantizer(nn.Module):
             out[start:start + chunk] = cand.gather(1, exact.argmax(-1, keepdim=True)).squeeze(1)
         return self.allowed_ids[out].reshape(shape)
 
+    def dithered(self, u: torch.Tensor) -> torch.Tensor:
+        """(B, T, k) encoder output -> the vectors that are matched to words."""
+        return u.float() + self.position_dither
+
     def forward(self, u: torch.Tensor) -> QuantizerOutput:
         """u: (B, T, k) encoder output in the matching space."""
-        u = u.float()
+        u = self.dithered(u)
         ids = self.nearest_ids(u.detach())                          # (B, T)
         words = self.codebook[ids]                                  # (B, T, D) raw embeddings
         lifted = u @ self.match_lift + self.match_mean              # u mapped back to embedding space

