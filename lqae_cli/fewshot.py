@@ -143,8 +143,10 @@ def sample_episodes(labels: list[str], n_way: int, k_shot: int, episodes: int, s
 
 
 def run_protocol(model, tokenizer, words: list[str], labels: list[str], n_ways=(2, 5), k_shots=(1, 3, 5),
-                 episodes: int = 40, seed: int = 0, permuted_words: list[str] | None = None, progress=None) -> list[dict]:
-    """Accuracy (95% Wilson interval) per (N, K, induction), for the words and for the permuted control."""
+                 episodes: int = 40, seed: int = 0, permuted_words: list[str] | None = None, progress=None,
+                 bf16: bool = False) -> list[dict]:
+    """Accuracy (95% Wilson interval) per (N, K, induction), for the words and for the permuted control.
+    bf16: CPU autocast for the LM (about 2x faster here; scores differ from fp32 in the last digits)."""
     results = []
     for n in n_ways:
         for k in k_shots:
@@ -157,7 +159,8 @@ def run_protocol(model, tokenizer, words: list[str], labels: list[str], n_ways=(
                     correct = 0
                     for ep in eps:
                         prompt = build_prompt([(w[i], l) for i, l in ep.support], w[ep.query], ep.classes if induction else None)
-                        scores = class_log_likelihoods(model, tokenizer, prompt, ep.classes)
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                            scores = class_log_likelihoods(model, tokenizer, prompt, ep.classes)
                         correct += ep.classes[max(range(n), key=lambda j: scores[j])] == ep.answer
                         if progress:
                             progress(1)
