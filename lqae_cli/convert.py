@@ -127,7 +127,7 @@ def gather_sources(inputs: list[str], from_list: str | None, outdir: Path | None
         if item == "-":
             if sys.stdin.isatty():
                 raise LQAEError("'-' reads an image from standard input, but standard input is a terminal")
-            sources.append(Source(name="-", data=sys.stdin.buffer.read(), out=outdir / "stdin.txt" if outdir else None))
+            sources.append(Source(name="-", data=sys.stdin.buffer.read(), out=outdir / f"stdin{suffix}" if outdir else None))
             continue
         path = Path(item)
         if path.is_dir():
@@ -185,10 +185,10 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
     many = len(inputs) > 1 or from_list is not None or any(Path(i).is_dir() for i in inputs if i != "-")
     to_dir = out_path is not None and not jsonl_out and (many or out_path.is_dir() or output.endswith(os.sep))
     single_file = out_path is not None and not jsonl_out and not to_dir
-    fmt = fmt or ("jsonl" if jsonl_out or (many and out_path is None and False) else
-                  "json" if single_file and out_path.suffix == ".json" else "text")
     if jsonl_out:
         fmt = "jsonl"
+    elif fmt is None:
+        fmt = "json" if single_file and out_path.suffix == ".json" else "text"
     sources, errors = gather_sources(inputs, from_list, out_path if to_dir else None, TOKEN_SUFFIX[fmt])
     for what, why in errors:
         tally.fail(console, what, why)
