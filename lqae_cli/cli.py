@@ -301,6 +301,14 @@ def show(
     print(f"wrote {output} ({len(rows)} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
 
 
+def label_text(folder_name: str) -> str:
+    """A class folder's name as the language model reads it: 'ankle_boot' -> 'ankle boot',
+    'animals---nature' -> 'animals nature'; single hyphens stay ('t-shirt')."""
+    import re
+
+    return re.sub(r"(_|-{2,}|\s)+", " ", folder_name).strip()
+
+
 def encode_labelled(model, root: Path, per_class: int | None, seed: int, console, quiet: bool):
     """Encode a labelled folder (class = first sub-folder) -> (words per image, labels, files)."""
     import random
@@ -335,7 +343,7 @@ def encode_labelled(model, root: Path, per_class: int | None, seed: int, console
                 ids = model.encode(torch.stack([t for _, t in good]).to(device)).flatten(1).tolist()
                 for (i, _), row in zip(good, ids):
                     words.append(" ".join(vocab[j] for j in row))
-                    labels.append(class_of(files[i], root))
+                    labels.append(label_text(class_of(files[i], root)))
                     kept.append(files[i])
             advance(len(batch))
     return words, labels, kept
