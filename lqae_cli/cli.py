@@ -108,11 +108,12 @@ class interrupt_summary:
 
 
 def finish(tally, console, quiet: bool, output: str | None) -> None:
-    many = tally.converted + tally.skipped + tally.failed > 1
-    if tally.failed or (many and output not in (None, "-")):
-        console.print(tally.summary(), markup=False)
+    """The summary line (always when something failed, then exit 1)."""
     if tally.failed:
+        print(tally.summary(), file=sys.stderr)
         raise typer.Exit(1)
+    if tally.converted + tally.skipped > 1 and output not in (None, "-"):
+        console.print(tally.summary(), markup=False)
 
 
 @app.command()
@@ -255,7 +256,7 @@ def eval_cmd(
         except ValueError as exc:
             raise LQAEError(str(exc)) from None
     for line in res.failed:
-        console.print(f"Error: {line}", markup=False)
+        print(f"Error: {line}", file=sys.stderr)
     if save_grid is not None:
         save_sample_grid(save_grid, res.samples)
     print(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
@@ -336,7 +337,7 @@ def encode_labelled(model, root: Path, per_class: int | None, seed: int, console
             good = [(i, t) for i, t, err in batch if err is None]
             for i, _, err in batch:
                 if err is not None:
-                    console.print(f"Error: {sources[i].name}: {err}", markup=False)
+                    print(f"Error: {sources[i].name}: {err}", file=sys.stderr)
             if good:
                 import torch
 

@@ -11,13 +11,13 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import torch
 
 from .checkpoint import atomic_write
-from .data import IMAGE_SUFFIXES, ImageError, list_images, load_image
+from .data import ImageError, list_images, load_image
 from .errors import LQAEError
 from .tokens import TokenError, TokenGrid, format_grid, parse_tokens
 
@@ -29,11 +29,11 @@ class Tally:
     converted: int = 0
     skipped: int = 0
     failed: int = 0
-    failures: list[str] = field(default_factory=list)
 
     def fail(self, console, what: str, why: str) -> None:
+        """Count and report a failure: errors are printed even under --quiet."""
         self.failed += 1
-        console.print(f"Error: {what}: {why}", style="red", markup=False, highlight=False)
+        print(f"Error: {what}: {why}", file=sys.stderr, flush=True)
 
     def summary(self) -> str:
         return f"converted {self.converted}, skipped {self.skipped}, failed {self.failed}"

@@ -204,3 +204,14 @@ def test_info_text_and_json(run, tiny_ckpt):
 def test_usage_error_exit_2(run):
     r = run("encode", "--format", "nope", "x.png")
     assert r.exit_code == 2
+
+
+def test_quiet_still_reports_errors(run, tmp_path):
+    src = tmp_path / "q"
+    write_images(src, 2)
+    (src / "bad.png").write_bytes(b"nope")
+    r = run("encode", src, "-o", tmp_path / "out", "--quiet")
+    assert r.exit_code == 1
+    assert "bad.png" in r.stderr and "converted 2, skipped 0, failed 1" in r.stderr
+    r = run("encode", src, "-o", tmp_path / "out", "--quiet")
+    assert "converted 0, skipped 2, failed 1" in r.stderr
