@@ -48,7 +48,8 @@ def open_rgb(source) -> Image.Image:
         raise ImageError(f"image too large ({exc.__class__.__name__})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
         raise ImageError(f"not a readable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
-    img = ImageOps.exif_transpose(img)
+    if "exif" in img.info or img.format in ("JPEG", "MPO", "TIFF", "WEBP"):  # (reading EXIF imports Pillow's TIFF code)
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v / 256).convert("L")
     if img.mode == "P":

@@ -215,3 +215,26 @@ def test_quiet_still_reports_errors(run, tmp_path):
     assert "bad.png" in r.stderr and "converted 2, skipped 0, failed 1" in r.stderr
     r = run("encode", src, "-o", tmp_path / "out", "--quiet")
     assert "converted 0, skipped 2, failed 1" in r.stderr
+
+
+def test_image_modes_and_exif_rotation(run, tmp_path):
+    """Greyscale, palette, RGBA, 16-bit and EXIF-rotated inputs all encode; rotation is applied."""
+    from lqae_cli.data import load_image
+
+    d = tmp_path / "modes"
+    d.mkdir()
+    Image.new("L", (20, 20), 128).save(d / "grey.png")
+    Image.new("RGB", (20, 20), (200, 30, 30)).convert("P", palette=Image.ADAPTIVE).save(d / "pal.png")
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(d / "clear.png")
+    Image.new("I;16", (20, 20), 40000).save(d / "deep.png")
+    wide = Image.new("RGB", (40, 20), "white")
+    wide.paste((0, 0, 0), (0, 0, 20, 20))  # left half black
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    wide.save(d / "rotated.jpg", exif=exif.tobytes())
+    r = run("encode", d, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert len(list((tmp_path / "out").glob("*.txt"))) == 5
+    assert float(load_image(d / "clear.png", 16).min()) == 1.0  # transparent -> white
+    rot = load_image(d / "rotated.jpg", 16)
+    assert rot[:, :8].mean() < 0.2 and rot[:, 8:].mean() > 0.8  # viewed upright: black on top
