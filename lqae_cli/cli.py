@@ -179,6 +179,7 @@ def train(
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast)")] = "auto",
     workers: Annotated[int, typer.Option(min=0, help="image-loading worker processes")] = 1,
     val: Annotated[Optional[Path], typer.Option(help="folder of validation images")] = None,
+    val_every: Annotated[int, typer.Option(min=1, help="validate every N steps (with --val)")] = 200,
     log_every: Annotated[int, typer.Option(min=1)] = 10,
     save_every: Annotated[int, typer.Option(min=1, help="checkpoint every N steps")] = 200,
     sample_every: Annotated[int, typer.Option(min=0, help="PNG grid of reconstructions every N steps (0 = never)")] = 200,
@@ -209,7 +210,7 @@ def train(
     args = TrainArgs(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, preset=model_preset,
                      image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, lm=lm, vocab_rule=vocab_rule,
                      seed=seed, device=device or os.environ.get("LQAE_DEVICE", "auto"), precision=precision, workers=workers,
-                     val=val, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet)
+                     val=val, val_every=val_every, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet)
     try:
         path = run(args)
     except KeyboardInterrupt:
