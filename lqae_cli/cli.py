@@ -23,6 +23,10 @@ def cli_errors(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # `lqae ... | head`: the reader left; stop quietly, as other tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(141)
         except Exception as exc:  # noqa: BLE001 - the top of a command
             if isinstance(exc, typer.BadParameter) or os.environ.get("LQAE_DEBUG", "") not in ("", "0"):
                 raise

@@ -28,6 +28,17 @@ def record(grid: TokenGrid, vocab: list[str], checkpoint: str, fingerprint: str)
             "tokens": [[vocab[i] for i in row] for row in grid.ids]}
 
 
+def pretty_json(rec: dict) -> str:
+    """One key per line and one grid row per line: readable, and still plain JSON."""
+    def value(v):
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            rows = ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in v)
+            return f"[\n  {rows}\n ]"
+        return json.dumps(v, ensure_ascii=False)
+
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in rec.items()) + "\n}\n"
+
+
 def format_grid(grid: TokenGrid, fmt: str, vocab: list[str], checkpoint: str = "", fingerprint: str = "") -> str:
     """One image in one format, ending with a newline."""
     if fmt == "text":
@@ -35,7 +46,7 @@ def format_grid(grid: TokenGrid, fmt: str, vocab: list[str], checkpoint: str = "
     if fmt == "ids":
         return "".join(" ".join(str(i) for i in row) + "\n" for row in grid.ids)
     if fmt == "json":
-        return json.dumps(record(grid, vocab, checkpoint, fingerprint), ensure_ascii=False, indent=1) + "\n"
+        return pretty_json(record(grid, vocab, checkpoint, fingerprint))
     if fmt == "jsonl":
         return json.dumps(record(grid, vocab, checkpoint, fingerprint), ensure_ascii=False) + "\n"
     raise TokenError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -64,16 +75,17 @@ def _shape(flat: list[int], grid: int, where: str) -> list[list[int]]:
 
 
 def _parse_json(text: str, token_id, allowed, grid) -> list[TokenGrid]:
-    try:
-        objs = [json.loads(text)]
-    except json.JSONDecodeError:
-        objs = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    objs.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise TokenError(f"line {n}: not valid JSON ({exc.msg})") from None
+    objs, pos, decoder = [], 0, json.JSONDecoder()
+    while True:  # one object, JSON Lines, or pretty objects one after another
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            break
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise TokenError(f"line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        objs.append(obj)
     out = []
     for n, obj in enumerate(objs, 1):
         where = f"record {n}"

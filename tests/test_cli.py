@@ -238,3 +238,12 @@ def test_image_modes_and_exif_rotation(run, tmp_path):
     assert float(load_image(d / "clear.png", 16).min()) == 1.0  # transparent -> white
     rot = load_image(d / "rotated.jpg", 16)
     assert rot[:, :8].mean() < 0.2 and rot[:, 8:].mean() > 0.8  # viewed upright: black on top
+
+
+def test_several_pretty_json_records_decode_to_a_folder(run, images, tmp_path):
+    text = run("encode", *images[:3], "-f", "json").stdout
+    r = run("decode", "-", "-o", tmp_path / "out", input=text)
+    assert r.exit_code == 0, r.stderr
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 3
+    r = run("decode", "-", "-o", tmp_path / "x.png", input='{"ids": [1, 2')
+    assert r.exit_code == 1 and "line 1" in r.stderr and "not valid JSON" in r.stderr
