@@ -69,6 +69,7 @@ def load_generator(name: str):
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar ignores transformers' switch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
