@@ -408,8 +408,6 @@ def fewshot(
     """N-way K-shot classification by a frozen causal LM reading the words, with chance and a permuted-word control."""
     import json
 
-    import torch
-
     from .convert import progress_for
     from .fewshot import load_generator, run_protocol, vocabulary_permutation
     from .runtime import load, stderr_console
