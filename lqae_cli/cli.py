@@ -71,7 +71,7 @@ def encode(
     tally = Tally()
     with interrupt_summary(tally):
         encode_all(model, inputs or [], from_list, output, fmt, batch_size, workers, skip_existing, console, not quiet, tally)
-    finish(tally, console, quiet, output)
+    finish(tally, console, output)
 
 
 @app.command()
@@ -92,7 +92,7 @@ def decode(
     tally = Tally()
     with interrupt_summary(tally):
         decode_all(model, tokens, output, batch_size, skip_existing, console, not quiet, tally)
-    finish(tally, console, quiet, output)
+    finish(tally, console, output)
 
 
 class interrupt_summary:
@@ -111,7 +111,7 @@ class interrupt_summary:
         return False
 
 
-def finish(tally, console, quiet: bool, output: str | None) -> None:
+def finish(tally, console, output: str | None) -> None:
     """The summary line (always when something failed, then exit 1)."""
     if tally.failed:
         print(tally.summary(), file=sys.stderr)
