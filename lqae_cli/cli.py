@@ -319,7 +319,7 @@ def encode_labelled(model, root: Path, per_class: int | None, seed: int, console
     """Encode a labelled folder (class = first sub-folder) -> (words per image, labels, files)."""
     import random
 
-    from .convert import Source, image_batches, progress_for
+    from .convert import Source, image_batches, progress_for, split_loaded
     from .data import list_images
     from .evaluate import class_of
 
@@ -339,10 +339,9 @@ def encode_labelled(model, root: Path, per_class: int | None, seed: int, console
     sources = [Source(str(f), f) for f in files]
     with progress_for(console, len(sources), "encode", not quiet) as (_, advance):
         for batch in image_batches(sources, model.cfg.image_size, 64, 1):
-            good = [(i, t) for i, t, err in batch if err is None]
-            for i, _, err in batch:
-                if err is not None:
-                    print(f"Error: {sources[i].name}: {err}", file=sys.stderr)
+            good, failed = split_loaded(batch)
+            for i, err in failed:
+                print(f"Error: {sources[i].name}: {err}", file=sys.stderr)
             if good:
                 import torch
 

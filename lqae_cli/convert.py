@@ -109,6 +109,11 @@ def image_batches(sources: list[Source], size: int, batch_size: int, workers: in
     yield from loader
 
 
+def split_loaded(batch) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]]]:
+    """A batch from image_batches -> (index, image) pairs that loaded, (index, error) pairs that did not."""
+    return [(i, t) for i, t, err in batch if err is None], [(i, err) for i, _, err in batch if err is not None]
+
+
 def gather_sources(inputs: list[str], from_list: str | None, outdir: Path | None, suffix: str) -> tuple[list[Source], list[tuple[str, str]]]:
     """Inputs (files, folders, '-') and a list of paths -> sources with output paths; plus (input, error) pairs."""
     sources, errors = [], []
@@ -203,17 +208,16 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
             todo.append(s)
 
     vocab, ckpt, fp = model.lm.vocab, model.name, model.cfg.lm_fingerprint
+    device = next(model.parameters()).device
     jsonl_file = open(out_path, "a", encoding="utf-8") if jsonl_out else None
     stdout_first = True
     try:
         with progress_for(console, len(todo), "encode", show_progress) as (progress, advance):
             for batch in image_batches(todo, model.cfg.image_size, batch_size, workers):
-                good = [(i, t) for i, t, err in batch if err is None]
-                for i, _, err in batch:
-                    if err is not None:
-                        tally.fail(console, todo[i].name, err)
+                good, failed = split_loaded(batch)
+                for i, err in failed:
+                    tally.fail(console, todo[i].name, err)
                 if good:
-                    device = next(model.parameters()).device
                     ids = model.encode(torch.stack([t for _, t in good]).to(device)).cpu().tolist()
                     for (i, _), grid in zip(good, ids):
                         src = todo[i]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .convert import Source, image_batches
+from .convert import Source, image_batches, split_loaded
 from .data import list_images
 
 _ENGLISH = re.compile(r"^[a-z]+$")
@@ -127,8 +127,8 @@ def run_folder(model, root: Path, batch_size: int = 64, workers: int = 1, limit:
     device = next(model.parameters()).device
     keep, ids, feats, pix, ps, ss, bps, bss, failed, samples = [], [], [], [], [], [], [], [], [], []
     for batch in image_batches(sources, size, batch_size, workers):
-        good = [(i, t) for i, t, err in batch if err is None]
-        failed += [f"{sources[i].name}: {err}" for i, _, err in batch if err is not None]
+        good, bad = split_loaded(batch)
+        failed += [f"{sources[i].name}: {err}" for i, err in bad]
         if progress:
             progress(len(batch))
         if not good:
