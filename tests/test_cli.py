@@ -246,3 +246,15 @@ def test_several_pretty_json_records_decode_to_a_folder(run, images, tmp_path):
     assert len(list((tmp_path / "out").rglob("*.png"))) == 3
     r = run("decode", "-", "-o", tmp_path / "x.png", input='{"ids": [1, 2')
     assert r.exit_code == 1 and "line 1" in r.stderr and "not valid JSON" in r.stderr
+
+
+def test_prompt_command_prints_the_documented_format(run, tmp_path):
+    write_images(tmp_path / "set" / "cats", 3)
+    write_images(tmp_path / "set" / "dogs", 3, seed=4)
+    query = write_images(tmp_path / "q", 1, seed=7)[0]
+    r = run("prompt", "--examples", tmp_path / "set", "--query", query, "-k", "2")
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout
+    assert out.startswith("Classify each image into one of: cats, dogs.\n\nimage: ")
+    assert out.endswith("\nanswer:") and out.count("answer: cats") == 2 and out.count("answer: dogs") == 2
+    assert all(len(line.split()) == 1 + 16 for line in out.splitlines() if line.startswith("image: "))
