@@ -188,6 +188,8 @@ def train(
     save_every: Annotated[int, typer.Option(min=1, help="checkpoint every N steps")] = 200,
     sample_every: Annotated[int, typer.Option(min=0, help="PNG grid of reconstructions every N steps (0 = never)")] = 200,
     resume: Annotated[bool, typer.Option(help="continue from --out and its .state file")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="start from this checkpoint: its geometry, LM, vocabulary and weights")] = None,
+    freeze_encoder: Annotated[bool, typer.Option(help="train only the decoder, on the words the encoder already gives (use with --init)")] = False,
     quiet: Quiet = False,
 ):
     """Train a tokenizer on your images (CPU or CUDA; several GPUs with torchrun)."""
@@ -207,6 +209,10 @@ def train(
     for d in data:
         if not d.exists():
             raise LQAEError(f"no such folder: {d}")
+    if freeze_encoder and init is None:
+        raise typer.BadParameter("--freeze-encoder needs --init CKPT (a trained encoder to keep)")
+    if init is not None and not init.is_file():
+        raise LQAEError(f"no such checkpoint: {init}")
     if epochs is not None:
         n = sum(len(list_images(d)) for d in data)
         world = int(os.environ.get("WORLD_SIZE", 1))
@@ -214,7 +220,8 @@ def train(
     args = TrainArgs(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, preset=model_preset,
                      image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, lm=lm, vocab_rule=vocab_rule,
                      seed=seed, device=device or os.environ.get("LQAE_DEVICE", "auto"), precision=precision, workers=workers,
-                     val=val, val_every=val_every, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet)
+                     val=val, val_every=val_every, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet,
+                     init=init, freeze_encoder=freeze_encoder)
     try:
         path = run(args)
     except KeyboardInterrupt:

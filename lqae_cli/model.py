@@ -117,6 +117,8 @@ class LQAE(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict:
         """Training pass on images (B, 3, H, W) in [0, 1]: losses, statistics and the reconstruction."""
+        if self.encoder_frozen:
+            return self.forward_decoder(images)
         x = images * 2 - 1
         q = self.quantizer(self.encoder(x))
         embeds = q.embeds
@@ -130,6 +132,38 @@ class LQAE(nn.Module):
         return {"loss": loss, "mse": mse.detach(), "commit": q.commit_loss.detach(), "entropy": q.entropy_loss.detach(), "decorrelation": q.decorrelation_loss.detach(),
                 "psnr": -10 * math.log10(max(mse01.item(), 1e-10)), "ids": q.ids, "recon": ((recon.detach() + 1) / 2).clamp(0, 1),
                 **usage_stats(q.ids)}
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.encoder.parameters())
+
+    def freeze_encoder(self) -> None:
+        """Fix the words: the encoder (BatchNorm in eval mode too) makes exactly the codes `encode` makes,
+        and only the decoder learns (a second training phase, on the codes the user will see)."""
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    def forward_decoder(self, images: torch.Tensor) -> dict:
+        """Decoder-only training pass: fixed codes, the LM without gradients, MSE on the reconstruction."""
+        x = images * 2 - 1
+        with torch.no_grad():
+            ids = self.encode(images).flatten(1)
+            embeds = self.quantizer.codebook[ids]
+            if self.training and self.cfg.mask_ratio > 0:
+                embeds = self.apply_mask(embeds)
+            hidden = self.run_lm(embeds)
+        recon = self.decoder(hidden).float()
+        mse = F.mse_loss(recon, x)
+        zero = torch.zeros((), device=x.device)
+        return {"loss": mse, "mse": mse.detach(), "commit": zero, "entropy": zero, "decorrelation": zero,
+                "psnr": -10 * math.log10(max(mse.item() / 4, 1e-10)), "ids": ids,
+                "recon": ((recon.detach() + 1) / 2).clamp(0, 1), **usage_stats(ids)}
 
     # --- pieces ---------------------------------------------------------------
     def apply_mask(self, embeds: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,13 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_write, read_tensors, save_model, save_tensors
+from .checkpoint import atomic_write, load_model, read_card, read_tensors, save_model, save_tensors
 from .config import preset
 from .curves import plot_curves
 from .data import TrainImages, collate_skip_none, list_images, load_image
@@ -52,6 +52,8 @@ class TrainArgs:
     val: Path | None = None
     val_every: int = 200
     resume: bool = False
+    init: Path | None = None           # start from this checkpoint (its config and weights)
+    freeze_encoder: bool = False       # train only the decoder on the fixed codes
     quiet: bool = False
     overrides: dict = field(default_factory=dict)  # extra config fields
 
@@ -192,10 +194,17 @@ def train(args: TrainArgs) -> Path:
         raise RuntimeError(f"no images found under {', '.join(map(str, args.data))}")
     val_files = list_images(args.val) if args.val else []
 
-    lm = LanguageModel.load(args.lm)
-    cfg = preset(args.preset, image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
-                 lm_name=args.lm, lm_fingerprint=lm.fingerprint, vocab_rule=args.vocab_rule, **args.overrides)
-    model = LQAE(cfg, lm).to(device)
+    if args.init is not None:  # geometry, LM and vocabulary come from the checkpoint
+        model = load_model(args.init, device)
+        model.cfg = replace(model.cfg, mask_ratio=args.mask_ratio, **args.overrides)
+        cfg = model.cfg
+    else:
+        lm = LanguageModel.load(args.lm)
+        cfg = preset(args.preset, image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
+                     lm_name=args.lm, lm_fingerprint=lm.fingerprint, vocab_rule=args.vocab_rule, **args.overrides)
+        model = LQAE(cfg, lm).to(device)
+    if args.freeze_encoder:
+        model.freeze_encoder()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
 
@@ -249,6 +258,10 @@ def train(args: TrainArgs) -> Path:
                       "wall_time_s": round(elapsed_before + time.time() - t_start, 1), "data": [str(d) for d in args.data],
                       "lr": args.lr, "batch_size": args.batch_size * world, "steps": args.steps, "seed": args.seed,
                       "mask_ratio": args.mask_ratio, "preset": args.preset}
+            if args.freeze_encoder:
+                record["trained"] = "decoder only (encoder frozen)"
+            if init_record is not None:  # the phase this run started from
+                record["init"] = {"checkpoint": Path(args.init).name, **init_record}
             if ranks_identical is not None:
                 record["ranks_identical"] = ranks_identical
             save_model(model, out, training=record, metrics=last_metrics)
@@ -258,6 +271,7 @@ def train(args: TrainArgs) -> Path:
         if distributed:
             dist.barrier()
 
+    init_record = read_card(args.init)["training"] if args.init is not None else None
     t_start = time.time()
     last_metrics: dict = {}
     step, window, window_t, window_imgs = start, [], time.time(), 0

@@ -87,3 +87,34 @@ def test_two_gloo_processes_end_identical(folder, tiny_lm_dir, tmp_path):
     assert card["training"]["world_size"] == 2
     assert card["training"]["ranks_identical"] is True
     assert card["training"]["batch_size"] == 16
+
+
+def test_decoder_phase_keeps_the_words_and_lowers_the_loss(folder, tiny_lm_dir, tmp_path):
+    """--init CKPT --freeze-encoder: the encoder (and so every word) stays bit for bit, the decoder learns."""
+    runner = CliRunner()
+    first = tmp_path / "first.safetensors"
+    r = runner.invoke(app, train_args(folder, first, tiny_lm_dir, 10, "--lr", "3e-3"), catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    second = tmp_path / "second.safetensors"
+    r = runner.invoke(app, train_args(folder, second, tiny_lm_dir, 30, "--lr", "3e-3", "--mask-ratio", "0",
+                                      "--init", str(first), "--freeze-encoder"), catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    a, b = load_file(str(first)), load_file(str(second))
+    assert a.keys() == b.keys()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)  # encoder, BatchNorm statistics, matching space untouched
+    img = str(folder / "a" / "img003.png")
+    words = [runner.invoke(app, ["encode", img, "--weights", str(w)]).stdout for w in (first, second)]
+    assert words[0] == words[1] and words[0].strip()
+    mse = [json.loads(l)["mse"] for l in (tmp_path / "second.metrics.jsonl").read_text().splitlines()]
+    assert sum(mse[-5:]) / 5 < sum(mse[:5]) / 5
+    card = json.loads(runner.invoke(app, ["info", "--weights", str(second), "--format", "json"]).stdout)
+    assert card["training"]["trained"] == "decoder only (encoder frozen)"
+    assert card["training"]["init"]["steps"] == 10 and card["config"]["mask_ratio"] == 0
+
+
+def test_freeze_encoder_needs_init(folder, tiny_lm_dir, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lqae_cli", *train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--freeze-encoder")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--init" in p.stderr and p.stderr.count("\n") == 1
+    assert not (tmp_path / "m.safetensors").exists()
