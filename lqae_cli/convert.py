@@ -183,7 +183,7 @@ def finished_jsonl_sources(path: Path) -> set[str]:
 
 def encode_all(model, inputs: list[str], from_list: str | None, output: str | None, fmt: str | None,
                batch_size: int, workers: int, skip_existing: bool, console, show_progress: bool,
-               tally: Tally | None = None) -> Tally:
+               tally: Tally | None = None, precision: str = "fp32") -> Tally:
     tally = tally if tally is not None else Tally()
     out_path = Path(output) if output not in (None, "-") else None
     jsonl_out = out_path is not None and out_path.suffix == ".jsonl"
@@ -218,7 +218,7 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
                 for i, err in failed:
                     tally.fail(console, todo[i].name, err)
                 if good:
-                    ids = model.encode(torch.stack([t for _, t in good]).to(device)).cpu().tolist()
+                    ids = model.encode(torch.stack([t for _, t in good]).to(device), precision).cpu().tolist()
                     for (i, _), grid in zip(good, ids):
                         src = todo[i]
                         text = format_grid(TokenGrid(grid, src.name), fmt, vocab, ckpt, fp)

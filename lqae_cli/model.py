@@ -102,9 +102,17 @@ class LQAE(nn.Module):
 
     # --- public surface -----------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid). Needs no LM layers."""
-        u = self.encoder(images * 2 - 1)
+    def encode(self, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid). Needs no LM layers.
+
+        precision "fp32": the reference words, the same on every device and batch size.
+        "bf16": the encoder runs under bf16 autocast (faster where the hardware has bf16); the
+        word search stays exact, but the encoder's rounding moves a few vectors across a border,
+        so a small share of words differ from the fp32 ones."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision '{precision}' (fp32 or bf16)")
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            u = self.encoder(images * 2 - 1)
         g = self.cfg.grid_size
         return self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
 

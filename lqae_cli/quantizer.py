@@ -26,9 +26,13 @@ class QuantizerOutput:
     decorrelation_loss: torch.Tensor  # scalar: off-diagonal covariance of the batch's vectors
 
 
+SCORE_BLOCK = 64           # words per block in the candidate search
+SCORE_ERROR = 2.0 ** -7    # bound on |bf16 score - exact score| for unit vectors (2^-8 + 2^-9, rounded up)
+
+
 class WordQuantizer(nn.Module):
     def __init__(self, codebook: torch.Tensor, allowed_ids: torch.Tensor, match_dim: int,
-                 entropy_temperature: float = 0.05, entropy_tokens: int = 1024, rescore_candidates: int = 8, fit: bool = True,
+                 entropy_temperature: float = 0.05, entropy_tokens: int = 1024, fit: bool = True,
                  num_positions: int = 64, position_dither: float = 0.0, seed: int = 0):
         super().__init__()
         V, D = codebook.shape
@@ -36,7 +40,6 @@ class WordQuantizer(nn.Module):
             raise ValueError(f"match_dim {match_dim} exceeds the LM hidden size {D}")
         self.entropy_temperature = entropy_temperature
         self.entropy_tokens = entropy_tokens
-        self.rescore_candidates = rescore_candidates
         allowed_ids = torch.sort(allowed_ids).values  # so "lower row" means "lower id" when breaking ties
         row_of_id = torch.full((V,), -1, dtype=torch.long)
         row_of_id[allowed_ids] = torch.arange(len(allowed_ids))
@@ -49,6 +52,7 @@ class WordQuantizer(nn.Module):
         self.register_buffer("match_proj", torch.zeros(D, match_dim))   # whitening projection
         self.register_buffer("match_lift", torch.zeros(match_dim, D))   # its inverse on the kept subspace
         self.register_buffer("match_codes", torch.zeros(len(allowed_ids), match_dim), persistent=False)
+        self.register_buffer("search_codes_t", torch.zeros(match_dim, 0, dtype=torch.bfloat16), persistent=False)
         # A fixed offset per grid position, added before matching: a flat patch (white, black background)
         # becomes a different word at each position instead of one word covering a third of all positions.
         dither = torch.randn(num_positions, match_dim, generator=torch.Generator().manual_seed(seed)) * position_dither
@@ -75,29 +79,47 @@ class WordQuantizer(nn.Module):
     def refresh_codes(self) -> None:
         codes = (self.codebook[self.allowed_ids] - self.match_mean) @ self.match_proj
         self.match_codes.copy_(F.normalize(codes, dim=-1))
+        padded = F.pad(self.match_codes, (0, 0, 0, -len(codes) % SCORE_BLOCK))   # zero rows, never chosen
+        self.search_codes_t = padded.T.to(torch.bfloat16).contiguous()           # (k, A padded) for the bf16 pass
 
     @property
     def num_allowed(self) -> int:
         return len(self.allowed_ids)
 
     @torch.no_grad()
-    def nearest_ids(self, u: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    def nearest_ids(self, u: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """Exact cosine nearest allowed word for each vector u (..., k) -> vocabulary ids (...).
 
-        fp32 scores pick a few candidates; the candidates are re-scored in float64, and
-        ties go to the lower id. The result does not depend on batch size or chunking.
+        bf16 scores find every word that can be the nearest: each bf16 score is within
+        SCORE_ERROR of the true one (inputs rounded to bf16: at most 2^-8 for unit vectors;
+        output rounded to bf16: at most 2^-9), so the winner scores at least max - 2 * SCORE_ERROR.
+        Those few candidates are re-scored in float64 (dot products of the fp32 unit vectors) and
+        ties go to the lower id, so the result is the exact nearest word, whatever the batch
+        size, chunking or device.
         """
         shape = u.shape[:-1]
         flat = F.normalize(u.reshape(-1, u.shape[-1]).float(), dim=-1)
-        codes = self.match_codes
-        c = min(self.rescore_candidates, codes.shape[0])
         out = torch.empty(flat.shape[0], dtype=torch.long, device=u.device)
         for start in range(0, flat.shape[0], chunk):
-            part = flat[start:start + chunk]
-            cand = (part @ codes.T).topk(c, dim=-1).indices.sort(dim=-1).values   # (n, c) rows, ascending
-            exact = (part.double().unsqueeze(1) * codes[cand].double()).sum(-1)    # (n, c)
-            out[start:start + chunk] = cand.gather(1, exact.argmax(-1, keepdim=True)).squeeze(1)
+            out[start:start + chunk] = self._nearest_rows(flat[start:start + chunk])
         return self.allowed_ids[out].reshape(shape)
+
+    def _nearest_rows(self, part: torch.Tensor) -> torch.Tensor:
+        """(n, k) unit vectors -> codebook rows of their nearest words (n,)."""
+        n, A, G = part.shape[0], self.num_allowed, SCORE_BLOCK
+        codes_t = self.search_codes_t.to(part.device)
+        scores = (part.to(codes_t.dtype) @ codes_t).view(n, -1, G)                 # (n, blocks, G), padded
+        block_max = scores.amax(-1).float()                                       # (n, blocks)
+        floor = block_max.amax(-1) - 2 * SCORE_ERROR                              # (n,)
+        r, b = (block_max >= floor[:, None]).nonzero(as_tuple=True)                # blocks that can hold the winner
+        pr, pc = (scores[r, b].float() >= floor[r, None]).nonzero(as_tuple=True)   # words in them that can win
+        rows, cols = r[pr], b[pr] * G + pc
+        keep = cols < A                                                           # drop the padding
+        rows, cols = rows[keep], cols[keep]
+        exact = (part[rows].double() * self.match_codes[cols].double()).sum(-1)
+        best = torch.full((n,), -3.0, dtype=torch.float64, device=part.device).scatter_reduce(0, rows, exact, "amax")
+        winners = torch.where(exact == best[rows], cols, A)
+        return torch.full((n,), A, dtype=torch.long, device=part.device).scatter_reduce(0, rows, winners, "amin")
 
     def dithered(self, u: torch.Tensor) -> torch.Tensor:
         """(B, T, k) encoder output -> the vectors that are matched to words."""

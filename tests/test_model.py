@@ -20,6 +20,10 @@ def test_encode_deterministic_across_batch_sizes(tiny_model):
     assert torch.equal(full, tiny_model.encode(x))
     assert torch.equal(torch.cat([tiny_model.encode(c) for c in x.split(3)]), full)
     assert torch.equal(tiny_model.encode(x[4:5]), full[4:5])
+    fast = tiny_model.encode(x, "bf16")  # bf16 words: deterministic too, whatever the batch size
+    assert torch.equal(torch.cat([tiny_model.encode(c, "bf16") for c in x.split(3)]), fast)
+    with pytest.raises(ValueError):
+        tiny_model.encode(x, "fp16")
 
 
 def test_encode_does_not_load_lm_layers(tiny_lm):

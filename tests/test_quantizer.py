@@ -10,7 +10,7 @@ def quantizer(tiny_lm):
 
 
 def brute_force(q: WordQuantizer, u: torch.Tensor) -> torch.Tensor:
-    u = torch.nn.functional.normalize(u.double(), dim=-1)
+    u = torch.nn.functional.normalize(u, dim=-1).double()  # the definition: fp32 unit vectors, float64 dot products
     scores = u @ q.match_codes.double().T
     return q.allowed_ids[scores.argmax(-1)]
 
@@ -18,6 +18,17 @@ def brute_force(q: WordQuantizer, u: torch.Tensor) -> torch.Tensor:
 def test_exact_nearest_matches_brute_force(quantizer):
     u = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
     assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
+
+
+def test_near_ties_decided_exactly(quantizer):
+    """Vectors halfway between two words, nudged by far less than bf16 can see: the float64
+    re-scoring, not the bf16 pass, has to pick the winner."""
+    g = torch.Generator().manual_seed(3)
+    codes = quantizer.match_codes
+    a, b = torch.randint(len(codes), (400,), generator=g), torch.randint(len(codes), (400,), generator=g)
+    u = codes[a] + codes[b] + 1e-4 * torch.randn(400, codes.shape[1], generator=g)
+    assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
+    assert int(quantizer.nearest_ids(torch.zeros(1, 8))[0]) == int(quantizer.allowed_ids.min())  # all tie: lowest id
 
 
 def test_nearest_independent_of_batch_and_chunk(quantizer):
