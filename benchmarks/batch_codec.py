@@ -1,13 +1,14 @@
 """Batch encode (folder of images -> token files) and batch decode (token files -> PNGs), images/s,
 plus peak memory of encoding a larger folder. Uses real subprocesses of the CLI, as a user would.
 
-    python benchmarks/batch_codec.py [--images 2000] [--memory-images 10000] [--source data/heldout]
+    python benchmarks/batch_codec.py [--images 2000] [--repeats 3] [--memory-images 10000] [--source data/heldout]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,18 +58,36 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=ROOT / "data" / "heldout")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     header("batch encode / decode")
     lqae = [sys.executable, "-m", "lqae_cli"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_folder(tmp / "imgs", a.images, a.source)
-        enc_s, enc_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "tokens"), "--quiet",
-                                      "--workers", str(a.workers), "--device", a.device])
-        n_tok = len(list((tmp / "tokens").rglob("*.txt")))
-        dec_s, dec_mb = timed(lqae + ["decode", str(tmp / "tokens"), "-o", str(tmp / "pngs"), "--quiet", "--device", a.device])
+        # fp32 (the default) and bf16 encodes alternate, so both see the same machine state
+        runs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for r in range(a.repeats):
+            for prec in runs:
+                out = tmp / f"tokens-{prec}"
+                shutil.rmtree(out, ignore_errors=True)
+                wall, _ = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(out), "--quiet", "--workers", str(a.workers),
+                                        "--device", a.device, "--precision", prec])
+                runs[prec].append(wall)
+        n_tok = len(list((tmp / "tokens-fp32").rglob("*.txt")))
+        same = total = 0
+        for f in (tmp / "tokens-fp32").rglob("*.txt"):
+            ref, fast = f.read_text().split(), (tmp / "tokens-bf16" / f.relative_to(tmp / "tokens-fp32")).read_text().split()
+            same, total = same + sum(x == y for x, y in zip(ref, fast)), total + len(ref)
+        enc_s = statistics.median(runs["fp32"])
+        dec_s, dec_mb = timed(lqae + ["decode", str(tmp / "tokens-fp32"), "-o", str(tmp / "pngs"), "--quiet", "--device", a.device])
         n_png = len(list((tmp / "pngs").rglob("*.png")))
-        print(f"encode  {n_tok} images in {enc_s:.1f} s = {n_tok / enc_s:.0f} images/s (floor 150), process start included")
+        for prec, walls in runs.items():
+            med = statistics.median(walls)
+            print(f"encode  {prec}: {n_tok} images in {med:.1f} s = {n_tok / med:.0f} images/s (floor 150), median of "
+                  f"{len(walls)} runs ({', '.join(f'{n_tok / w:.0f}' for w in walls)}), process start included")
+        print(f"encode  bf16/fp32 speed ratio {statistics.median(runs['fp32']) / statistics.median(runs['bf16']):.2f}x; "
+              f"{same / total:.2%} of bf16 words equal the fp32 words")
         print(f"decode  {n_png} images in {dec_s:.1f} s = {n_png / dec_s:.0f} images/s (floor 40), process start included")
         # FLOP share: encoder + search per image against the measured fp32 matmul rate
         sys.path.insert(0, str(ROOT))

@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 
 import torch
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write_bytes
 from .data import ImageError, list_images, load_image
 from .errors import LQAEError
 from .tokens import TokenError, TokenGrid, format_grid, parse_tokens
@@ -226,7 +226,7 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
                             jsonl_file.write(text)
                             jsonl_file.flush()
                         elif src.out is not None:
-                            atomic_write(src.out, lambda tmp, t=text: Path(tmp).write_text(t, encoding="utf-8"))
+                            atomic_write_bytes(src.out, text.encode("utf-8"))
                         else:
                             if not stdout_first and fmt in ("text", "ids"):
                                 sys.stdout.write("\n")
@@ -366,7 +366,7 @@ def decode_all(model, source: str, output: str, batch_size: int, skip_existing: 
                     sys.stdout.buffer.write(data)
                     sys.stdout.buffer.flush()
                 else:
-                    atomic_write(job.out, lambda tmp, d=data: Path(tmp).write_bytes(d))
+                    atomic_write_bytes(job.out, data)
                 tally.converted += 1
             advance(len(chunk))
     return tally
