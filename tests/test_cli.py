@@ -203,6 +203,8 @@ def test_info_text_and_json(run, tiny_ckpt):
 def test_usage_error_exit_2(run):
     r = run("encode", "--format", "nope", "x.png")
     assert r.exit_code == 2
+    r = run("encode", "--precision", "fp16", "x.png")
+    assert r.exit_code == 2 and "fp16" in r.stderr
 
 
 def test_quiet_still_reports_errors(run, tmp_path):
