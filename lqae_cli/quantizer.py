@@ -79,8 +79,14 @@ class WordQuantizer(nn.Module):
     def refresh_codes(self) -> None:
         codes = (self.codebook[self.allowed_ids] - self.match_mean) @ self.match_proj
         self.match_codes.copy_(F.normalize(codes, dim=-1))
-        padded = F.pad(self.match_codes, (0, 0, 0, -len(codes) % SCORE_BLOCK))   # zero rows, never chosen
-        self.search_codes_t = padded.T.to(torch.bfloat16).contiguous()           # (k, A padded) for the bf16 pass
+        self.build_search_codes()
+
+    def build_search_codes(self) -> None:
+        """The bf16 copy of the codes for the candidate pass, transposed, padded to whole blocks with
+        repeats of the first code (so the padding never raises a row's best score)."""
+        pad = -len(self.match_codes) % SCORE_BLOCK
+        padded = torch.cat([self.match_codes, self.match_codes[:1].expand(pad, -1)])
+        self.search_codes_t = padded.T.to(torch.bfloat16).contiguous()           # (k, A padded)
 
     @property
     def num_allowed(self) -> int:
@@ -118,6 +124,8 @@ class WordQuantizer(nn.Module):
         rows, cols = rows[keep], cols[keep]
         exact = (part[rows].double() * self.match_codes[cols].double()).sum(-1)
         best = torch.full((n,), -3.0, dtype=torch.float64, device=part.device).scatter_reduce(0, rows, exact, "amax")
+        if bool((best == -3.0).any()):  # only a NaN or infinite vector has no candidate
+            raise ValueError("cannot match a non-finite vector to a word")
         winners = torch.where(exact == best[rows], cols, A)
         return torch.full((n,), A, dtype=torch.long, device=part.device).scatter_reduce(0, rows, winners, "amin")
 

@@ -261,6 +261,7 @@ def train(args: TrainArgs) -> Path:
             if args.freeze_encoder:
                 record["trained"] = "decoder only (encoder frozen)"
             if init_record is not None:  # the phase this run started from
+                record["preset"] = init_record.get("preset", args.preset)
                 record["init"] = {"checkpoint": Path(args.init).name, **init_record}
             if ranks_identical is not None:
                 record["ranks_identical"] = ranks_identical

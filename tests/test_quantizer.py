@@ -31,6 +31,21 @@ def test_near_ties_decided_exactly(quantizer):
     assert int(quantizer.nearest_ids(torch.zeros(1, 8))[0]) == int(quantizer.allowed_ids.min())  # all tie: lowest id
 
 
+def test_search_when_every_word_points_away(quantizer):
+    """Codes in a narrow cone, queries from the opposite side: every score is negative, and the
+    padding of the bf16 pass must not stand in for a word."""
+    g = torch.Generator().manual_seed(4)
+    axis = torch.zeros(8)
+    axis[0] = 1
+    cone = torch.nn.functional.normalize(axis + 0.1 * torch.randn(len(quantizer.match_codes), 8, generator=g), dim=-1)
+    quantizer.match_codes.copy_(cone)
+    quantizer.build_search_codes()
+    u = -axis + 0.3 * torch.randn(200, 8, generator=g)
+    assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
+    with pytest.raises(ValueError, match="non-finite"):
+        quantizer.nearest_ids(torch.full((1, 8), float("nan")))
+
+
 def test_nearest_independent_of_batch_and_chunk(quantizer):
     u = torch.randn(300, 8, generator=torch.Generator().manual_seed(2))
     full = quantizer.nearest_ids(u)
