@@ -6,6 +6,7 @@ input is reported and counted, never fatal to the others.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -53,11 +54,12 @@ def relative_for_output(path: PurePath, root: Path | None) -> PurePath:
     return rel
 
 
-def safe_output(outdir: Path, rel: PurePath, suffix: str) -> Path:
-    """outdir/rel with a new suffix, refusing anything that resolves outside outdir (symlinks included)."""
+def safe_output(outdir: Path, rel: PurePath, suffix: str, resolve=Path.resolve) -> Path:
+    """outdir/rel with a new suffix, refusing anything that resolves outside outdir (symlinks included).
+    `resolve` may be a per-run cache of Path.resolve (a batch has thousands of files in few folders)."""
     target = outdir / Path(rel).with_suffix(suffix)
-    base = outdir.resolve()
-    resolved = target.parent.resolve() / target.name
+    base = resolve(outdir)
+    resolved = resolve(target.parent) / target.name
     if resolved != base and base not in resolved.parents:
         raise LQAEError(f"output {target} would be written outside {outdir}")
     if target.is_symlink():
@@ -117,12 +119,13 @@ def split_loaded(batch) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int,
 def gather_sources(inputs: list[str], from_list: str | None, outdir: Path | None, suffix: str) -> tuple[list[Source], list[tuple[str, str]]]:
     """Inputs (files, folders, '-') and a list of paths -> sources with output paths; plus (input, error) pairs."""
     sources, errors = [], []
+    resolve = functools.lru_cache(maxsize=None)(Path.resolve)  # this run's folders, resolved once each
 
     def add(path: Path, root: Path | None) -> None:
         src = Source(name=str(path), path=path)
         if outdir is not None:
             try:
-                src.out = safe_output(outdir, relative_for_output(path, root), suffix)
+                src.out = safe_output(outdir, relative_for_output(path, root), suffix, resolve)
             except LQAEError as exc:
                 errors.append((str(path), str(exc)))
                 return
