@@ -110,11 +110,18 @@ class WordQuantizer(nn.Module):
             out[start:start + chunk] = self._nearest_rows(flat[start:start + chunk])
         return self.allowed_ids[out].reshape(shape)
 
-    def _nearest_rows(self, part: torch.Tensor) -> torch.Tensor:
-        """(n, k) unit vectors -> codebook rows of their nearest words (n,)."""
+    def _nearest_rows(self, part: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
+        """(n, k) unit vectors -> codebook rows of their nearest words (n,).
+
+        The candidate pass multiplies in bf16 on CPUs (oneDNN: bf16 products, fp32 sums). Elsewhere
+        (GPUs may sum bf16 products in reduced precision) it multiplies the same bf16 codes in fp32,
+        which stays within the same bound."""
         n, A, G = part.shape[0], self.num_allowed, SCORE_BLOCK
         codes_t = self.search_codes_t.to(part.device)
-        scores = (part.to(codes_t.dtype) @ codes_t).view(n, -1, G)                 # (n, blocks, G), padded
+        if (part.device.type == "cpu") if bf16 is None else bf16:
+            scores = (part.to(codes_t.dtype) @ codes_t).view(n, -1, G)             # (n, blocks, G), padded
+        else:
+            scores = (part @ codes_t.float()).view(n, -1, G)
         block_max = scores.amax(-1).float()                                       # (n, blocks)
         floor = block_max.amax(-1) - 2 * SCORE_ERROR                              # (n,)
         r, b = (block_max >= floor[:, None]).nonzero(as_tuple=True)                # blocks that can hold the winner
