@@ -23,35 +23,38 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or does not fit this machine's language model."""
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename onto path, so path is never a partial file."""
+def _replace_atomically(path: Path, fill) -> None:
+    """A temporary file beside path, filled by fill(fd, tmp_path) (which closes fd), given the usual
+    permissions (mkstemp makes 0600), then renamed onto path: path is never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
+        fill(fd, tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename onto path."""
+    def by_name(fd: int, tmp: str) -> None:
+        os.close(fd)
+        write(tmp)
+
+    _replace_atomically(path, by_name)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """atomic_write for bytes already in memory: one file creation, written through its descriptor
-    (the batch commands write thousands of small files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    """atomic_write for bytes already in memory, written through the temporary file's own descriptor
+    (the batch commands write thousands of small files; no second open)."""
+    def by_fd(fd: int, tmp: str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _replace_atomically(path, by_fd)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
