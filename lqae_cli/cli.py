@@ -60,6 +60,7 @@ def encode(
 ):
     """Print images as a grid of words (one line per token row), or convert whole folders."""
     from .convert import Tally, encode_all
+    from .model import ENCODE_PRECISIONS
     from .runtime import load, stderr_console
     from .tokens import FORMATS
 
@@ -67,8 +68,8 @@ def encode(
         raise typer.BadParameter("give images, folders, '-' or --from-list")
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})", param_hint="--format")
-    if precision not in ("fp32", "bf16"):
-        raise typer.BadParameter(f"unknown precision '{precision}' (choose fp32 or bf16)", param_hint="--precision")
+    if precision not in ENCODE_PRECISIONS:
+        raise typer.BadParameter(f"unknown precision '{precision}' (choose {' or '.join(ENCODE_PRECISIONS)})", param_hint="--precision")
     console = stderr_console(quiet)
     model = load(weights, device)
     tally = Tally()

@@ -16,6 +16,9 @@ from .lm import LanguageModel
 from .quantizer import WordQuantizer, usage_stats
 
 
+ENCODE_PRECISIONS = ("fp32", "bf16")
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
@@ -109,7 +112,7 @@ class LQAE(nn.Module):
         "bf16": the encoder runs under bf16 autocast (faster where the hardware has bf16); the
         word search stays exact, but the encoder's rounding moves a few vectors across a border,
         so a small share of words differ from the fp32 ones."""
-        if precision not in ("fp32", "bf16"):
+        if precision not in ENCODE_PRECISIONS:
             raise ValueError(f"unknown precision '{precision}' (fp32 or bf16)")
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             u = self.encoder(images * 2 - 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_write, load_model, read_card, read_tensors, save_model, save_tensors
+from .checkpoint import atomic_write, load_model, read_tensors, save_model, save_tensors
 from .config import preset
 from .curves import plot_curves
 from .data import TrainImages, collate_skip_none, list_images, load_image
@@ -272,7 +272,7 @@ def train(args: TrainArgs) -> Path:
         if distributed:
             dist.barrier()
 
-    init_record = read_card(args.init)["training"] if args.init is not None else None
+    init_record = model.card["training"] if args.init is not None else None  # read by load_model
     t_start = time.time()
     last_metrics: dict = {}
     step, window, window_t, window_imgs = start, [], time.time(), 0
