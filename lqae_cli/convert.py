@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -38,6 +40,44 @@ class Tally:
 
     def summary(self) -> str:
         return f"converted {self.converted}, skipped {self.skipped}, failed {self.failed}"
+
+
+class OutputWriter:
+    """Writes finished outputs atomically on one background thread, so creating thousands of small
+    files (and encoding PNGs) overlaps the model's next batch. A write that fails is a failure of
+    that one input; `close` waits for every pending write (also after Ctrl-C), so each output
+    either exists whole or not at all."""
+
+    def __init__(self, tally: Tally, console, max_pending: int = 256):
+        self.tally, self.console, self.max_pending = tally, console, max_pending
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lqae-writer")
+        self.pending: deque = deque()
+
+    def submit(self, name: str, path: Path, make_bytes) -> None:
+        """Write make_bytes() to path; make_bytes runs on the writer thread too."""
+        self.pending.append((name, path, self.pool.submit(lambda: atomic_write_bytes(path, make_bytes()))))
+        self._collect(block_until=self.max_pending)
+
+    def _collect(self, block_until: int) -> None:
+        while self.pending and (len(self.pending) > block_until or self.pending[0][2].done()):
+            name, path, future = self.pending.popleft()
+            try:
+                future.result()
+            except OSError as exc:
+                self.tally.fail(self.console, name, f"cannot write {path} ({exc.strerror or exc.__class__.__name__})")
+            else:
+                self.tally.converted += 1
+
+    def close(self) -> None:
+        self._collect(block_until=0)
+        self.pool.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 # --- where outputs go -----------------------------------------------------------
@@ -215,7 +255,8 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
     jsonl_file = open(out_path, "a", encoding="utf-8") if jsonl_out else None
     stdout_first = True
     try:
-        with progress_for(console, len(todo), "encode", show_progress) as (progress, advance):
+        with progress_for(console, len(todo), "encode", show_progress) as (progress, advance), \
+                OutputWriter(tally, console) as writer:
             for batch in image_batches(todo, model.cfg.image_size, batch_size, workers):
                 good, failed = split_loaded(batch)
                 for i, err in failed:
@@ -225,11 +266,12 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
                     for (i, _), grid in zip(good, ids):
                         src = todo[i]
                         text = format_grid(TokenGrid(grid, src.name), fmt, vocab, ckpt, fp)
+                        if src.out is not None and jsonl_file is None:
+                            writer.submit(src.name, src.out, text.encode)  # counted once written
+                            continue
                         if jsonl_file is not None:
                             jsonl_file.write(text)
                             jsonl_file.flush()
-                        elif src.out is not None:
-                            atomic_write_bytes(src.out, text.encode("utf-8"))
                         else:
                             if not stdout_first and fmt in ("text", "ids"):
                                 sys.stdout.write("\n")
@@ -329,10 +371,15 @@ def _mirror(outdir: Path | None, grid: TokenGrid, n: int, stem: str) -> Path | N
     return safe_output(outdir, PurePath(f"{stem}-{n:06d}"), ".png")
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
+def to_uint8(images: torch.Tensor):
+    """(B, 3, H, W) in [0, 1] -> a (B, H, W, 3) uint8 array."""
+    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def png_bytes(arr) -> bytes:
+    """A (H, W, 3) uint8 array -> PNG file bytes."""
     from PIL import Image
 
-    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
@@ -356,20 +403,18 @@ def decode_all(model, source: str, output: str, batch_size: int, skip_existing: 
         else:
             todo.append(job)
     device = next(model.parameters()).device
-    with progress_for(console, len(todo), "decode", show_progress) as (_, advance):
+    with progress_for(console, len(todo), "decode", show_progress) as (_, advance), OutputWriter(tally, console) as writer:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             ids = torch.tensor([j.grid.ids for j in chunk], dtype=torch.long, device=device)
-            images = model.decode(ids)
-            for job, img in zip(chunk, images):
-                data = png_bytes(img)
-                if job.out is None:
-                    if sys.stdout.isatty():
-                        raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.buffer.flush()
-                else:
-                    atomic_write_bytes(job.out, data)
+            for job, arr in zip(chunk, to_uint8(model.decode(ids))):
+                if job.out is not None:
+                    writer.submit(job.name, job.out, functools.partial(png_bytes, arr))  # counted once written
+                    continue
+                if sys.stdout.isatty():
+                    raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
+                sys.stdout.buffer.write(png_bytes(arr))
+                sys.stdout.buffer.flush()
                 tally.converted += 1
             advance(len(chunk))
     return tally

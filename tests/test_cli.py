@@ -147,6 +147,28 @@ def test_batch_with_bad_files_converts_the_rest(run, tmp_path):
         assert name in r.stderr
 
 
+def test_output_that_cannot_be_written_fails_alone(run, tmp_path):
+    """Outputs are written on a background thread: a failed write is still that input's failure,
+    counted and named, and every other output lands whole."""
+    src = tmp_path / "imgs"
+    write_images(src, 4)
+    out = tmp_path / "tokens"
+    (out / "img002.txt").mkdir(parents=True)  # a folder where a token file must go: the rename fails
+    r = run("encode", src, "-o", out, "--no-skip-existing")
+    assert r.exit_code == 1
+    assert "converted 3, skipped 0, failed 1" in r.stderr
+    assert "img002.png" in r.stderr and "cannot write" in r.stderr
+    assert sorted(p.name for p in out.glob("*.txt") if p.is_file()) == ["img000.txt", "img001.txt", "img003.txt"]
+    assert not list(out.rglob("*.tmp"))
+    pngs = tmp_path / "pngs"
+    (pngs / "img001.png").mkdir(parents=True)
+    r = run("decode", out, "-o", pngs, "--no-skip-existing")
+    assert r.exit_code == 1
+    assert "converted 2, skipped 0, failed 1" in r.stderr
+    assert sorted(p.name for p in pngs.glob("*.png") if p.is_file()) == ["img000.png", "img003.png"]
+    assert all(Image.open(pngs / n).size == (16, 16) for n in ("img000.png", "img003.png"))
+
+
 def test_jsonl_output_and_decode_back(run, images, tmp_path):
     out = tmp_path / "tokens.jsonl"
     assert run("encode", *images, "-o", out).exit_code == 0
