@@ -17,23 +17,6 @@ from .quantizer import WordQuantizer, usage_stats
 
 
 ENCODE_PRECISIONS = ("fp32", "bf16")
-RECON_LOSSES = ("mse", "psnr")
-PSNR_LOSS_EPS = 1e-4  # per-image MSE floor of the "psnr" loss (in [-1, 1] units: about 46 dB)
-
-
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (loss, batch MSE). "mse": the batch MSE. "psnr": the gradient of the mean per-image
-    log MSE (mean PSNR, the metric, up to sign and scale) times the batch MSE, so the loss keeps
-    MSE's magnitude beside the other terms. Plain MSE lets a smooth image with a tenth of the error
-    count a tenth as much; PSNR scores every image's error relative to itself."""
-    per_image = (recon - x).pow(2).flatten(1).mean(1)
-    mse = per_image.mean()
-    if kind == "mse":
-        return mse, mse
-    if kind != "psnr":
-        raise ValueError(f"unknown reconstruction loss '{kind}' ({' or '.join(RECON_LOSSES)})")
-    weights = mse.detach() / (per_image.detach() + PSNR_LOSS_EPS)
-    return (weights * per_image).mean(), mse
 
 
 class Block(nn.Module):
@@ -153,8 +136,8 @@ class LQAE(nn.Module):
         if self.training and self.cfg.mask_ratio > 0:
             embeds = self.apply_mask(embeds)
         recon = self.decoder(self.run_lm(embeds)).float()
-        rec_loss, mse = reconstruction_loss(recon, x, self.cfg.recon_loss)
-        loss = (rec_loss + self.cfg.commit_weight * q.commit_loss + self.cfg.entropy_weight * q.entropy_loss
+        mse = F.mse_loss(recon, x)
+        loss = (mse + self.cfg.commit_weight * q.commit_loss + self.cfg.entropy_weight * q.entropy_loss
                 + self.cfg.decorrelation_weight * q.decorrelation_loss)
         mse01 = mse.detach() / 4
         return {"loss": loss, "mse": mse.detach(), "commit": q.commit_loss.detach(), "entropy": q.entropy_loss.detach(), "decorrelation": q.decorrelation_loss.detach(),
@@ -187,9 +170,9 @@ class LQAE(nn.Module):
                 embeds = self.apply_mask(embeds)
             hidden = self.run_lm(embeds)
         recon = self.decoder(hidden).float()
-        loss, mse = reconstruction_loss(recon, x, self.cfg.recon_loss)
+        mse = F.mse_loss(recon, x)
         zero = torch.zeros((), device=x.device)
-        return {"loss": loss, "mse": mse.detach(), "commit": zero, "entropy": zero, "decorrelation": zero,
+        return {"loss": mse, "mse": mse.detach(), "commit": zero, "entropy": zero, "decorrelation": zero,
                 "psnr": -10 * math.log10(max(mse.item() / 4, 1e-10)), "ids": ids,
                 "recon": ((recon.detach() + 1) / 2).clamp(0, 1), **usage_stats(ids)}
 

