@@ -12,8 +12,6 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -42,42 +40,15 @@ class Tally:
         return f"converted {self.converted}, skipped {self.skipped}, failed {self.failed}"
 
 
-class OutputWriter:
-    """Writes finished outputs atomically on one background thread, so creating thousands of small
-    files (and encoding PNGs) overlaps the model's next batch. A write that fails is a failure of
-    that one input; `close` waits for every pending write (also after Ctrl-C), so each output
-    either exists whole or not at all."""
-
-    def __init__(self, tally: Tally, console, max_pending: int = 256):
-        self.tally, self.console, self.max_pending = tally, console, max_pending
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lqae-writer")
-        self.pending: deque = deque()
-
-    def submit(self, name: str, path: Path, make_bytes) -> None:
-        """Write make_bytes() to path; make_bytes runs on the writer thread too."""
-        self.pending.append((name, path, self.pool.submit(lambda: atomic_write_bytes(path, make_bytes()))))
-        self._collect(block_until=self.max_pending)
-
-    def _collect(self, block_until: int) -> None:
-        while self.pending and (len(self.pending) > block_until or self.pending[0][2].done()):
-            name, path, future = self.pending.popleft()
-            try:
-                future.result()
-            except OSError as exc:
-                self.tally.fail(self.console, name, f"cannot write {path} ({exc.strerror or exc.__class__.__name__})")
-            else:
-                self.tally.converted += 1
-
-    def close(self) -> None:
-        self._collect(block_until=0)
-        self.pool.shutdown()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
+def write_output(tally: Tally, console, name: str, path: Path, data: bytes) -> None:
+    """Write one finished output atomically and count it; a write that fails (a folder in the way,
+    a full disk, no permission) is a failure of that one input, and the batch goes on."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        tally.fail(console, name, f"cannot write {path} ({exc.strerror or exc.__class__.__name__})")
+    else:
+        tally.converted += 1
 
 
 # --- where outputs go -----------------------------------------------------------
@@ -255,8 +226,7 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
     jsonl_file = open(out_path, "a", encoding="utf-8") if jsonl_out else None
     stdout_first = True
     try:
-        with progress_for(console, len(todo), "encode", show_progress) as (progress, advance), \
-                OutputWriter(tally, console) as writer:
+        with progress_for(console, len(todo), "encode", show_progress) as (progress, advance):
             for batch in image_batches(todo, model.cfg.image_size, batch_size, workers):
                 good, failed = split_loaded(batch)
                 for i, err in failed:
@@ -267,7 +237,7 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
                         src = todo[i]
                         text = format_grid(TokenGrid(grid, src.name), fmt, vocab, ckpt, fp)
                         if src.out is not None and jsonl_file is None:
-                            writer.submit(src.name, src.out, text.encode)  # counted once written
+                            write_output(tally, console, src.name, src.out, text.encode("utf-8"))
                             continue
                         if jsonl_file is not None:
                             jsonl_file.write(text)
@@ -403,13 +373,13 @@ def decode_all(model, source: str, output: str, batch_size: int, skip_existing: 
         else:
             todo.append(job)
     device = next(model.parameters()).device
-    with progress_for(console, len(todo), "decode", show_progress) as (_, advance), OutputWriter(tally, console) as writer:
+    with progress_for(console, len(todo), "decode", show_progress) as (_, advance):
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             ids = torch.tensor([j.grid.ids for j in chunk], dtype=torch.long, device=device)
             for job, arr in zip(chunk, to_uint8(model.decode(ids))):
                 if job.out is not None:
-                    writer.submit(job.name, job.out, functools.partial(png_bytes, arr))  # counted once written
+                    write_output(tally, console, job.name, job.out, png_bytes(arr))
                     continue
                 if sys.stdout.isatty():
                     raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")

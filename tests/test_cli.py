@@ -148,8 +148,7 @@ def test_batch_with_bad_files_converts_the_rest(run, tmp_path):
 
 
 def test_output_that_cannot_be_written_fails_alone(run, tmp_path):
-    """Outputs are written on a background thread: a failed write is still that input's failure,
-    counted and named, and every other output lands whole."""
+    """A failed write is that input's failure, counted and named; every other output lands whole."""
     src = tmp_path / "imgs"
     write_images(src, 4)
     out = tmp_path / "tokens"
