@@ -56,12 +56,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--memory-images", type=int, default=10000)
     ap.add_argument("--source", type=Path, default=ROOT / "data" / "heldout")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="passed to the CLI; default: the CLI's own default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     header("batch encode / decode")
     lqae = [sys.executable, "-m", "lqae_cli"]
+    workers = ["--workers", str(a.workers)] if a.workers is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_folder(tmp / "imgs", a.images, a.source)
@@ -71,7 +72,7 @@ def main() -> None:
             for prec in runs:
                 out = tmp / f"tokens-{prec}"
                 shutil.rmtree(out, ignore_errors=True)
-                wall, _ = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(out), "--quiet", "--workers", str(a.workers),
+                wall, _ = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(out), "--quiet", *workers,
                                         "--device", a.device, "--precision", prec])
                 runs[prec].append(wall)
         n_tok = len(list((tmp / "tokens-fp32").rglob("*.txt")))
@@ -106,8 +107,8 @@ def main() -> None:
         # memory: a folder 5x larger; the peak must not grow with the number of images
         if a.memory_images:
             make_folder(tmp / "big", a.memory_images, a.source)
-            small_s, small_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "t2"), "--quiet", "--workers", str(a.workers)])
-            big_s, big_mb = timed(lqae + ["encode", str(tmp / "big"), "-o", str(tmp / "t3"), "--quiet", "--workers", str(a.workers)])
+            small_s, small_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "t2"), "--quiet", *workers])
+            big_s, big_mb = timed(lqae + ["encode", str(tmp / "big"), "-o", str(tmp / "t3"), "--quiet", *workers])
             print(f"memory  encode peak RSS {small_mb:.0f} MiB for {a.images} images, {big_mb:.0f} MiB for {a.memory_images} images "
                   f"(main process; floor 1024 MiB, not growing); {a.memory_images / big_s:.0f} images/s")
 

@@ -53,7 +53,7 @@ def encode(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="text, json, jsonl or ids")] = None,
     from_list: Annotated[Optional[str], typer.Option("--from-list", help="read image paths, one per line, from a file or '-'")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per model batch")] = 64,
-    workers: Annotated[int, typer.Option(min=0, help="image-reading worker processes")] = 1,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="image-reading worker processes (default: a quarter of the cores on CPU, so none on 2 cores; up to 4 with a GPU)")] = None,
     skip_existing: Annotated[bool, typer.Option(help="skip inputs whose output already exists")] = True,
     precision: Annotated[str, typer.Option(help="fp32 (the reference words, identical on every device) or bf16 (faster encoder; about 1 word in 200 differs)")] = "fp32",
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
@@ -61,7 +61,7 @@ def encode(
     """Print images as a grid of words (one line per token row), or convert whole folders."""
     from .convert import Tally, encode_all
     from .model import ENCODE_PRECISIONS
-    from .runtime import load, stderr_console
+    from .runtime import load, reading_workers, stderr_console
     from .tokens import FORMATS
 
     if not inputs and from_list is None:
@@ -74,6 +74,7 @@ def encode(
     model = load(weights, device)
     tally = Tally()
     with interrupt_summary(tally):
+        workers = reading_workers(workers, next(model.parameters()).device)
         encode_all(model, inputs or [], from_list, output, fmt, batch_size, workers, skip_existing, console, not quiet, tally,
                    precision)
     finish(tally, console, output)
@@ -245,7 +246,7 @@ def eval_cmd(
     save_grid: Annotated[Optional[Path], typer.Option("--save-grid", help="PNG of samples: input | reconstruction | thumbnail codec")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="evaluate an evenly spaced subset of this many images")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    workers: Annotated[int, typer.Option(min=0)] = 1,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="image-reading worker processes (default as for encode)")] = None,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Reconstruction (vs a thumbnail codec), codebook use and a linear probe on a folder."""
@@ -253,7 +254,7 @@ def eval_cmd(
 
     from .data import list_images
     from .evaluate import evaluate, format_report, save_sample_grid
-    from .runtime import load, stderr_console
+    from .runtime import load, reading_workers, stderr_console
 
     if fmt not in ("text", "json"):
         raise typer.BadParameter("choose text or json", param_hint="--format")
@@ -269,6 +270,7 @@ def eval_cmd(
 
     with progress_for(console, total, "eval", not quiet) as (_, advance):
         try:
+            workers = reading_workers(workers, next(model.parameters()).device)
             report, res = evaluate(model, data, train_dir, test_dir, batch_size, workers, limit, progress=advance)
         except ValueError as exc:
             raise LQAEError(str(exc)) from None

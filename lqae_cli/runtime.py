@@ -36,6 +36,17 @@ def resolve_device(name: str | None):
     return torch.device(name)
 
 
+def reading_workers(requested: int | None, device) -> int:
+    """Image-reading worker processes: as requested, else a default that leaves the model its cores.
+    On a CPU the model's matrix products already use every core, and a reader process competing
+    for them costs more than it saves (measured on 2 cores: about 10% slower than reading in the
+    main process), so a CPU gets a quarter of its cores (none on 2 cores); a GPU gets up to 4."""
+    if requested is not None:
+        return requested
+    cores = os.cpu_count() or 1
+    return min(4, cores // 4) if device.type == "cpu" else min(4, max(1, cores - 1))
+
+
 def load(weights: Path | None, device: str | None = None):
     """The checkpoint's model on the chosen device, or an LQAEError with one line to say why not."""
     from .checkpoint import CheckpointError, load_model

@@ -168,6 +168,31 @@ def test_output_that_cannot_be_written_fails_alone(run, tmp_path):
     assert all(Image.open(pngs / n).size == (16, 16) for n in ("img000.png", "img003.png"))
 
 
+def test_worker_processes_give_the_same_words(run, tmp_path):
+    src = tmp_path / "imgs"
+    write_images(src, 7)
+    (src / "bad.png").write_bytes(b"not a png")
+    outs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"tokens{workers}"
+        r = run("encode", src, "-o", out, "--workers", workers, "--batch-size", "3")
+        assert r.exit_code == 1 and "converted 7, skipped 0, failed 1" in r.stderr and "bad.png" in r.stderr
+        outs[workers] = {p.name: p.read_text() for p in out.glob("*.txt")}
+    assert len(outs["0"]) == 7 and outs["0"] == outs["2"]
+
+
+def test_default_reading_workers_leave_the_model_its_cores(monkeypatch):
+    import torch
+
+    from lqae_cli.runtime import reading_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert reading_workers(3, cpu) == 3 and reading_workers(0, cuda) == 0  # asked for: as asked
+    for cores, on_cpu, on_gpu in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (8, 2, 4), (64, 4, 4)):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        assert (reading_workers(None, cpu), reading_workers(None, cuda)) == (on_cpu, on_gpu)
+
+
 def test_jsonl_output_and_decode_back(run, images, tmp_path):
     out = tmp_path / "tokens.jsonl"
     assert run("encode", *images, "-o", out).exit_code == 0
