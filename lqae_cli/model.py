@@ -108,7 +108,9 @@ class LQAE(nn.Module):
     def encode(self, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid). Needs no LM layers.
 
-        precision "fp32": the reference words, the same on every device and batch size.
+        precision "fp32": the reference words, the same on every run and batch size (the search is
+        exact; another device's fp32 arithmetic could still move a vector that sits within rounding
+        of a border between two words: not measured, no GPU was available).
         "bf16": the encoder runs under bf16 autocast (faster where the hardware has bf16); the
         word search stays exact, but the encoder's rounding moves a few vectors across a border,
         so a small share of words differ from the fp32 ones."""
