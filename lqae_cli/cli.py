@@ -73,8 +73,8 @@ def encode(
     console = stderr_console(quiet)
     model = load(weights, device)
     tally = Tally()
+    workers = reading_workers(workers, next(model.parameters()).device)
     with interrupt_summary(tally):
-        workers = reading_workers(workers, next(model.parameters()).device)
         encode_all(model, inputs or [], from_list, output, fmt, batch_size, workers, skip_existing, console, not quiet, tally,
                    precision)
     finish(tally, console, output)
@@ -268,9 +268,9 @@ def eval_cmd(
     total += sum(len(list_images(d)) for d in (train_dir, test_dir) if d is not None)
     from .convert import progress_for
 
+    workers = reading_workers(workers, next(model.parameters()).device)
     with progress_for(console, total, "eval", not quiet) as (_, advance):
         try:
-            workers = reading_workers(workers, next(model.parameters()).device)
             report, res = evaluate(model, data, train_dir, test_dir, batch_size, workers, limit, progress=advance)
         except ValueError as exc:
             raise LQAEError(str(exc)) from None
