@@ -236,7 +236,7 @@ def encode_all(model, inputs: list[str], from_list: str | None, output: str | No
                     for (i, _), grid in zip(good, ids):
                         src = todo[i]
                         text = format_grid(TokenGrid(grid, src.name), fmt, vocab, ckpt, fp)
-                        if src.out is not None and jsonl_file is None:
+                        if src.out is not None:  # a token file (never with a .jsonl output)
                             write_output(tally, console, src.name, src.out, text.encode("utf-8"))
                             continue
                         if jsonl_file is not None:
