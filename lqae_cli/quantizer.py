@@ -26,7 +26,8 @@ class QuantizerOutput:
     decorrelation_loss: torch.Tensor  # scalar: off-diagonal covariance of the batch's vectors
 
 
-SCORE_BLOCK = 64           # words per block in the candidate search
+SCORE_BLOCK = 512          # words per block in the candidate search (the block maxima are a reduction over
+                           # contiguous bf16 scores: 512 per block took 1.8 ms per 512 rows here, 64 per block 5.8 ms)
 SCORE_ERROR = 2.0 ** -7    # bound on |bf16 score - exact score| for unit vectors (2^-8 + 2^-9, rounded up)
 
 
