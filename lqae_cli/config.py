@@ -17,7 +17,7 @@ class LQAEConfig:
     dec_depth: int = 4              # decoder transformer blocks
     heads: int = 4                  # attention heads in encoder and decoder
     refine_channels: int = 32       # channels of the decoder's full-resolution conv refiner (0 = none)
-    match_dim: int = 64             # dimensions of the whitened space in which patches meet words
+    match_dim: int = 8              # dimensions of the whitened space in which patches meet words (low: see quantizer.py)
     position_dither: float = 0.5    # std of a fixed per-position offset added before matching (0 = none)
     mask_ratio: float = 0.5         # share of positions replaced by the mask token in training
     commit_weight: float = 0.25     # weight of the commitment loss (in the matching space)

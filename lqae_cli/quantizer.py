@@ -4,8 +4,17 @@ Patches and words meet in a small *matching space*: the allowed rows of the LM's
 word-embedding table, centred and whitened by PCA to `match_dim` dimensions
 (fitted once from the codebook and stored in the checkpoint). Whitening removes
 the embedding table's common direction, so no "hub" word sits closest to
-everything, which is what made the paper's recipe collapse onto ~100 words. The
-search is an exact cosine nearest neighbour over the allowed vocabulary; what is
+everything, which is what made the paper's recipe collapse onto ~100 words.
+
+The space is kept low (8 dimensions by default, as in the low-dimensional code
+lookup of ViT-VQGAN and the official LQAE code's `quantizer_latent_dim`): the
+encoder maps a smooth family of inputs (a flat colour, a gradient) to a smooth,
+low-dimensional family of vectors, and in a high-dimensional space such a family
+meets only a few words' cells. With 64 dimensions, 1,000 random flat colours
+became a median of 55 distinct words per grid position; with 8, 92, and the same
+training recipe scored +0.84 dB on held-out photos (weights/README.md).
+
+The search is an exact cosine nearest neighbour over the allowed vocabulary; what is
 passed on to the LM is always the word's own raw embedding.
 """
 from __future__ import annotations
