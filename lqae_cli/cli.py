@@ -55,7 +55,7 @@ def encode(
     batch_size: Annotated[int, typer.Option(min=1, help="images per model batch")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="image-reading worker processes (default: a quarter of the cores on CPU, so none on 2 cores; up to 4 with a GPU)")] = None,
     skip_existing: Annotated[bool, typer.Option(help="skip inputs whose output already exists")] = True,
-    precision: Annotated[str, typer.Option(help="fp32 (the reference words, identical on every run and batch size) or bf16 (faster encoder; about 1 word in 200 differs)")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 (the reference words, identical on every run and batch size) or bf16 (faster encoder; about 1 word in 80 differs)")] = "fp32",
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Print images as a grid of words (one line per token row), or convert whole folders."""

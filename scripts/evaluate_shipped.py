@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lqae_cli.evaluate import codebook_report, probe_report, run_folder, save_sample_grid  # noqa: E402
+from lqae_cli.evaluate import codebook_report, probe_report, psnr, run_folder, save_sample_grid  # noqa: E402
 from lqae_cli.runtime import load  # noqa: E402
 
 SETS = {"emoji": ("data/heldout/emoji", None), "photos": ("data/heldout/photos", None),
@@ -71,7 +71,7 @@ def main() -> None:
     (a.out / "report.json").write_text(json.dumps(report, indent=1))
 
 
-def groups_by_thumbnail(psnr: torch.Tensor, base: torch.Tensor, edges=(18, 21, 24, 27, 30)) -> list[dict]:
+def groups_by_thumbnail(lqae: torch.Tensor, base: torch.Tensor, edges=(18, 21, 24, 27, 30)) -> list[dict]:
     """Mean PSNR of lqae and of the thumbnail codec per band of the thumbnail's own PSNR (busy -> smooth)."""
     bounds = [float("-inf"), *edges, float("inf")]
     out = []
@@ -79,7 +79,7 @@ def groups_by_thumbnail(psnr: torch.Tensor, base: torch.Tensor, edges=(18, 21, 2
         sel = (base >= lo) & (base < hi)
         if sel.any():
             label = f"<{hi:g}" if lo == float("-inf") else f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
-            out.append({"range": label, "crops": int(sel.sum()), "psnr": float(psnr[sel].mean()),
+            out.append({"range": label, "crops": int(sel.sum()), "psnr": float(lqae[sel].mean()),
                         "thumbnail_psnr": float(base[sel].mean())})
     return out
 
@@ -92,11 +92,11 @@ def flat_colour_report(model, n: int = 1000, seed: int = 0) -> dict:
     images = colours[:, :, None, None].expand(-1, -1, size, size).contiguous()
     ids = torch.cat([model.encode(part) for part in images.split(100)]).flatten(1)      # (n, T)
     recon = torch.cat([model.decode(part) for part in ids.view(-1, model.cfg.grid_size, model.cfg.grid_size).split(100)])
-    psnr = -10 * torch.log10(((recon - images) ** 2).flatten(1).mean(1).clamp_min(1e-10))
+    scores = psnr(recon, images)
     per_position = torch.tensor([len(torch.unique(ids[:, t])) for t in range(ids.shape[1])]).float()
     return {"images": n, "words_per_position_median": float(per_position.median()),
             "words_per_position_min": int(per_position.min()), "words_per_position_max": int(per_position.max()),
-            "distinct_words": len(torch.unique(ids)), "psnr_median": float(psnr.median()), "psnr_mean": float(psnr.mean())}
+            "distinct_words": len(torch.unique(ids)), "psnr_median": float(scores.median()), "psnr_mean": float(scores.mean())}
 
 
 if __name__ == "__main__":
