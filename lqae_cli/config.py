@@ -20,6 +20,8 @@ class LQAEConfig:
     match_dim: int = 8              # dimensions of the whitened space in which patches meet words (low: see quantizer.py)
     position_dither: float = 0.5    # std of a fixed per-position offset added before matching (0 = none)
     mask_ratio: float = 0.5         # share of positions replaced by the mask token in training
+    recon_loss: str = "mse"         # "mse" over the batch, or "log_mse": the mean over images of log(MSE),
+                                    # i.e. minus their mean PSNR, so smooth images weigh as much as busy ones
     commit_weight: float = 0.25     # weight of the commitment loss (in the matching space)
     decorrelation_weight: float = 1.0  # weight of the decorrelation loss on encoder outputs (0 = off)
     entropy_weight: float = 0.1     # weight of the codebook-usage entropy loss (0 = off)
@@ -53,7 +55,7 @@ class LQAEConfig:
 
 PRESETS: dict[str, dict] = {
     # tests and smoke runs: seconds on a CPU
-    "tiny": dict(enc_width=32, enc_depth=1, dec_width=32, dec_depth=1, heads=2, refine_channels=8, match_dim=16,
+    "tiny": dict(enc_width=32, enc_depth=1, dec_width=32, dec_depth=1, heads=2, refine_channels=8,
                  entropy_tokens=128),
     # the shipped CPU checkpoint
     "base": dict(),

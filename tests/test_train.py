@@ -52,12 +52,16 @@ def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tm
     assert dec.exit_code == 0 and (tmp_path / "x.png").exists()
 
 
-def test_training_lowers_reconstruction_loss(folder, tiny_lm_dir, tmp_path):
+@pytest.mark.parametrize("recon_loss", ["mse", "log_mse"])
+def test_training_lowers_reconstruction_loss(folder, tiny_lm_dir, tmp_path, recon_loss):
     out = tmp_path / "model.safetensors"
-    r = CliRunner().invoke(app, train_args(folder, out, tiny_lm_dir, 40, "--lr", "3e-3"), catch_exceptions=False)
+    r = CliRunner().invoke(app, train_args(folder, out, tiny_lm_dir, 40, "--lr", "3e-3", "--recon-loss", recon_loss),
+                           catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     mse = [json.loads(l)["mse"] for l in (tmp_path / "model.metrics.jsonl").read_text().splitlines()]
     assert sum(mse[-5:]) / 5 < 0.8 * sum(mse[:5]) / 5
+    card = json.loads(CliRunner().invoke(app, ["info", "--weights", str(out), "--format", "json"]).stdout)
+    assert card["config"]["recon_loss"] == recon_loss
 
 
 def test_resume_continues_exactly(folder, tiny_lm_dir, tmp_path):
@@ -118,6 +122,13 @@ def test_decoder_phase_keeps_the_words_and_lowers_the_loss(folder, tiny_lm_dir, 
     card = json.loads(runner.invoke(app, ["info", "--weights", str(second), "--format", "json"]).stdout)
     assert card["training"]["trained"] == "decoder only (encoder frozen)"
     assert card["training"]["init"]["steps"] == 10 and card["config"]["mask_ratio"] == 0
+
+
+def test_unknown_recon_loss_is_a_usage_error(folder, tiny_lm_dir, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lqae_cli", *train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--recon-loss", "l1")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--recon-loss" in p.stderr and "log_mse" in p.stderr and p.stderr.count("\n") == 1
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_freeze_encoder_needs_init(folder, tiny_lm_dir, tmp_path):
