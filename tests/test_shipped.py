@@ -111,7 +111,9 @@ def test_interrupted_batch_resumes_without_redoing_or_losing(tmp_path):
     sh(f"{LQAE} encode {src} -o {reference} --quiet --batch-size 8 --workers 0")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "lqae_cli", "encode", str(src), "-o", str(out), "--batch-size", "8",
-                             "--workers", "0"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--workers", "0"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as in a terminal, whatever ran the tests (a background job starts with SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.rglob("*.txt"))) < 40:
         time.sleep(0.05)
