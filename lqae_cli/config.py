@@ -20,8 +20,8 @@ class LQAEConfig:
     match_dim: int = 8              # dimensions of the whitened space in which patches meet words (low: see quantizer.py)
     position_dither: float = 0.5    # std of a fixed per-position offset added before matching (0 = none)
     mask_ratio: float = 0.5         # share of positions replaced by the mask token in training
-    recon_loss: str = "mse"         # "mse" over the batch, or "log_mse": the mean over images of log(MSE),
-                                    # i.e. minus their mean PSNR, so smooth images weigh as much as busy ones
+    recon_loss: str = "mse"         # "mse" over the batch, or "log_mse": the mean over images of log(MSE), i.e.
+                                    # minus their mean PSNR up to scale, so smooth images weigh like busy ones
     commit_weight: float = 0.25     # weight of the commitment loss (in the matching space)
     decorrelation_weight: float = 1.0  # weight of the decorrelation loss on encoder outputs (0 = off)
     entropy_weight: float = 0.1     # weight of the codebook-usage entropy loss (0 = off)
