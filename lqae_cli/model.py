@@ -23,16 +23,20 @@ LOG_MSE_SCALE = 0.03  # "log_mse" is multiplied by a typical image's MSE, so tha
                       # plain MSE's and the commitment, entropy and decorrelation weights keep their meaning
 
 
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """MSE over the batch, or the mean over images of log(MSE + floor) (times a constant). The second
-    is minus the mean per-image PSNR (what the evaluation scores) up to scale and offset: in a plain MSE
-    a smooth image, whose error is small, hardly moves the gradient, though a few of its dB count as
-    much as a busy image's."""
-    if kind == "mse":
-        return F.mse_loss(recon, x)
-    if kind == "log_mse":
-        return LOG_MSE_SCALE * torch.log((recon - x).pow(2).flatten(1).mean(1) + LOG_MSE_FLOOR).mean()
-    raise ValueError(f"unknown reconstruction loss '{kind}' ({' or '.join(RECON_LOSSES)})")
+def check_recon_loss(kind: str) -> None:
+    if kind not in RECON_LOSSES:
+        raise ValueError(f"unknown reconstruction loss '{kind}' ({' or '.join(RECON_LOSSES)})")
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (loss, the batch MSE detached). The loss is the batch MSE, or the mean over images of
+    log(MSE + floor) (times a constant): minus the mean per-image PSNR (what the evaluation scores) up
+    to scale and offset. In a plain MSE a smooth image, whose error is small, hardly moves the
+    gradient, though a few of its dB count as much as a busy image's."""
+    check_recon_loss(kind)
+    per_image = (recon - x).pow(2).flatten(1).mean(1)
+    loss = per_image.mean() if kind == "mse" else LOG_MSE_SCALE * torch.log(per_image + LOG_MSE_FLOOR).mean()
+    return loss, per_image.detach().mean()
 
 
 class Block(nn.Module):
@@ -109,8 +113,7 @@ class LQAE(nn.Module):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
-        if cfg.recon_loss not in RECON_LOSSES:
-            raise ValueError(f"unknown reconstruction loss '{cfg.recon_loss}' ({' or '.join(RECON_LOSSES)})")
+        check_recon_loss(cfg.recon_loss)
         self.cfg = cfg
         self.lm = lm  # frozen and not registered: its weights stay in their own package
         self.encoder = Encoder(cfg)
@@ -156,11 +159,11 @@ class LQAE(nn.Module):
         if self.training and self.cfg.mask_ratio > 0:
             embeds = self.apply_mask(embeds)
         recon = self.decoder(self.run_lm(embeds)).float()
-        mse = F.mse_loss(recon.detach(), x)
-        loss = (reconstruction_loss(recon, x, self.cfg.recon_loss) + self.cfg.commit_weight * q.commit_loss + self.cfg.entropy_weight * q.entropy_loss
+        recon_loss, mse = reconstruction_loss(recon, x, self.cfg.recon_loss)
+        loss = (recon_loss + self.cfg.commit_weight * q.commit_loss + self.cfg.entropy_weight * q.entropy_loss
                 + self.cfg.decorrelation_weight * q.decorrelation_loss)
-        mse01 = mse.detach() / 4
-        return {"loss": loss, "mse": mse.detach(), "commit": q.commit_loss.detach(), "entropy": q.entropy_loss.detach(), "decorrelation": q.decorrelation_loss.detach(),
+        mse01 = mse / 4
+        return {"loss": loss, "mse": mse, "commit": q.commit_loss.detach(), "entropy": q.entropy_loss.detach(), "decorrelation": q.decorrelation_loss.detach(),
                 "psnr": -10 * math.log10(max(mse01.item(), 1e-10)), "ids": q.ids, "recon": ((recon.detach() + 1) / 2).clamp(0, 1),
                 **usage_stats(q.ids)}
 
@@ -190,9 +193,9 @@ class LQAE(nn.Module):
                 embeds = self.apply_mask(embeds)
             hidden = self.run_lm(embeds)
         recon = self.decoder(hidden).float()
-        mse = F.mse_loss(recon.detach(), x)
+        loss, mse = reconstruction_loss(recon, x, self.cfg.recon_loss)
         zero = torch.zeros((), device=x.device)
-        return {"loss": reconstruction_loss(recon, x, self.cfg.recon_loss), "mse": mse.detach(), "commit": zero, "entropy": zero, "decorrelation": zero,
+        return {"loss": loss, "mse": mse, "commit": zero, "entropy": zero, "decorrelation": zero,
                 "psnr": -10 * math.log10(max(mse.item() / 4, 1e-10)), "ids": ids,
                 "recon": ((recon.detach() + 1) / 2).clamp(0, 1), **usage_stats(ids)}
 

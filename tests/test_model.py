@@ -74,11 +74,12 @@ def test_log_mse_is_minus_mean_psnr_and_weighs_smooth_images_up():
     rec = (x + err).requires_grad_()
     per_image = err.pow(2).flatten(1).mean(1)
     expected = LOG_MSE_SCALE * torch.log(per_image + LOG_MSE_FLOOR).mean()
-    assert torch.allclose(reconstruction_loss(rec, x, "log_mse"), expected)
-    reconstruction_loss(rec, x, "log_mse").backward()
+    loss, mse = reconstruction_loss(rec, x, "log_mse")
+    assert torch.allclose(loss, expected) and torch.allclose(mse, per_image.mean()) and not mse.requires_grad
+    loss.backward()
     log_grad = rec.grad.flatten(1).norm(dim=1)
     rec.grad = None
-    reconstruction_loss(rec, x, "mse").backward()
+    reconstruction_loss(rec, x, "mse")[0].backward()
     mse_grad = rec.grad.flatten(1).norm(dim=1)
     # plain MSE pushes the busy image 30x harder than the small error; log-MSE pushes the small error harder
     assert mse_grad[1] / mse_grad[0] > 29 and log_grad[0] > log_grad[1]
