@@ -161,7 +161,8 @@ def info(weights: Weights = None,
     print(f"geometry          {cfg.image_size}x{cfg.image_size} pixels, {cfg.grid_size}x{cfg.grid_size} = {cfg.num_tokens} words per image")
     print(f"language model    {cfg.lm_name} (fingerprint {cfg.lm_fingerprint})")
     print(f"vocabulary        rule '{cfg.vocab_rule}', {allowed if allowed is not None else '?'} allowed words")
-    print(f"model             encoder {cfg.enc_depth}x{cfg.enc_width}, decoder {cfg.dec_depth}x{cfg.dec_width}, "
+    layers = "the LM's last layer" if cfg.decoder_lm_layers == 1 else f"the LM's last {cfg.decoder_lm_layers} layers"
+    print(f"model             encoder {cfg.enc_depth}x{cfg.enc_width}, decoder {cfg.dec_depth}x{cfg.dec_width} reading {layers}, "
           f"matching space {cfg.match_dim}-d, mask ratio {cfg.mask_ratio}")
     for section in ("training", "metrics"):
         for k, v in card[section].items():
@@ -198,6 +199,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from --out and its .state file")] = False,
     init: Annotated[Optional[Path], typer.Option(help="start from this checkpoint: its geometry, LM, vocabulary and weights")] = None,
     freeze_encoder: Annotated[bool, typer.Option(help="train only the decoder, on the words the encoder already gives (use with --init)")] = False,
+    decoder_lm_layers: Annotated[Optional[int], typer.Option(min=1, help="how many of the LM's last layers the decoder reads (default 1, the paper's; with --init: the checkpoint's, or more)")] = None,
     quiet: Quiet = False,
 ):
     """Train a tokenizer on your images (CPU or CUDA; several GPUs with torchrun)."""
@@ -232,7 +234,7 @@ def train(
                      image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, recon_loss=recon_loss, smooth_share=smooth_share, lm=lm, vocab_rule=vocab_rule,
                      seed=seed, device=device or os.environ.get("LQAE_DEVICE", "auto"), precision=precision, workers=workers,
                      val=val, val_every=val_every, log_every=log_every, save_every=save_every, sample_every=sample_every, resume=resume, quiet=quiet,
-                     init=init, freeze_encoder=freeze_encoder)
+                     init=init, freeze_encoder=freeze_encoder, decoder_lm_layers=decoder_lm_layers)
     try:
         path = run(args)
     except KeyboardInterrupt:

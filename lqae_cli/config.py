@@ -17,6 +17,8 @@ class LQAEConfig:
     dec_depth: int = 4              # decoder transformer blocks
     heads: int = 4                  # attention heads in encoder and decoder
     refine_channels: int = 32       # channels of the decoder's full-resolution conv refiner (0 = none)
+    decoder_lm_layers: int = 1      # how many of the LM's last layers the decoder reads, concatenated (1 = the last
+                                    # hidden states, as in the paper; see Decoder in model.py)
     match_dim: int = 8              # dimensions of the whitened space in which patches meet words (low: see quantizer.py)
     position_dither: float = 0.5    # std of a fixed per-position offset added before matching (0 = none)
     mask_ratio: float = 0.5         # share of positions replaced by the mask token in training

@@ -100,7 +100,7 @@ class FolderResult:
     files: list[Path]
     labels: list[str]
     ids: torch.Tensor           # (N, g, g)
-    features: torch.Tensor      # (N, D) mean-pooled LM hidden states
+    features: torch.Tensor      # (N, n * D) mean-pooled LM hidden states: the n layers the decoder reads
     pixels: torch.Tensor        # (N, 3*H*W) raw pixels, for the control probe
     psnr: torch.Tensor
     ssim: torch.Tensor

@@ -161,14 +161,25 @@ class LanguageModel:
             p.requires_grad_(False)
         return model
 
-    def hidden_states(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Run the frozen LM on input embeddings (B, T, D) -> last hidden states (B, T, D).
+    @cached_property
+    def num_layers(self) -> int:
+        """Transformer layers (read from the model's config; the weights are not loaded)."""
+        config = json.loads((self.lm_dir / "config.json").read_text())
+        return int(config.get("num_hidden_layers", 0))
+
+    def hidden_states(self, embeds: torch.Tensor, layers: int = 1) -> torch.Tensor:
+        """Run the frozen LM on input embeddings (B, T, D) -> the outputs of its last `layers` layers,
+        concatenated oldest first: (B, T, layers * D); layers=1 gives the last hidden states.
 
         Position and token-type embeddings and the embedding LayerNorm are added by the
         model as usual; there is no word lookup.
         """
+        if not 1 <= layers <= self.num_layers:
+            raise LMError(f"cannot read {layers} layers of '{self.name}', which has {self.num_layers}")
         model = self.transformer
         B, T, _ = embeds.shape
         attention_mask = torch.ones(B, T, dtype=torch.long, device=embeds.device)
-        return model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-
+        out = model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=layers > 1)
+        if layers == 1:
+            return out.last_hidden_state
+        return torch.cat(out.hidden_states[-layers:], dim=-1)

@@ -81,12 +81,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """LM hidden states (B, T, D) -> image (B, 3, H, W) in [-1, 1] (unclamped)."""
+    """LM hidden states (B, T, n * D) -> image (B, 3, H, W) in [-1, 1] (unclamped).
+
+    It reads the outputs of the LM's last n = cfg.decoder_lm_layers layers side by side. The paper
+    reads only the last (n = 1). The packaged MiniLM was tuned for mean-pooled sentence embeddings,
+    and its last layer keeps little of which word stands where: a linear map from it gives back the
+    chosen word's matching code with R^2 0.55 (the same word 8% of the time), from the layer before
+    it 0.84 (40%), from the first layer 0.92 (86%), on held-out photo and emoji words."""
 
     def __init__(self, cfg: LQAEConfig, lm_hidden: int):
         super().__init__()
         self.grid, self.p = cfg.grid_size, cfg.patch_size
-        self.inp = nn.Linear(lm_hidden, cfg.dec_width)
+        self.inp = nn.Linear(lm_hidden * cfg.decoder_lm_layers, cfg.dec_width)
         self.pos = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dec_width) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg.dec_width, cfg.heads) for _ in range(cfg.dec_depth))
         self.ln = nn.LayerNorm(cfg.dec_width)
@@ -114,6 +120,8 @@ class LQAE(nn.Module):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         check_recon_loss(cfg.recon_loss)
+        if not 1 <= cfg.decoder_lm_layers <= lm.num_layers:
+            raise ValueError(f"decoder_lm_layers {cfg.decoder_lm_layers}: the language model has {lm.num_layers} layers")
         self.cfg = cfg
         self.lm = lm  # frozen and not registered: its weights stay in their own package
         self.encoder = Encoder(cfg)
@@ -177,6 +185,24 @@ class LQAE(nn.Module):
         self.encoder.requires_grad_(False)
         self.encoder.eval()
 
+    @torch.no_grad()
+    def read_more_lm_layers(self, n: int) -> None:
+        """Let the decoder read the outputs of the LM's last n layers instead of fewer: the layers it read
+        keep their input weights and the new ones enter with zero weights, so at first it decodes
+        exactly as before (for a decoder-only phase that goes on from a trained checkpoint)."""
+        from dataclasses import replace
+
+        old = self.decoder.inp
+        if n < self.cfg.decoder_lm_layers:
+            raise ValueError(f"the decoder reads {self.cfg.decoder_lm_layers} LM layers; it can be given more, not fewer")
+        if n > self.lm.num_layers:
+            raise ValueError(f"decoder_lm_layers {n}: the language model has {self.lm.num_layers} layers")
+        new = nn.Linear(self.lm.hidden_size * n, old.out_features).to(old.weight.device)
+        new.weight.zero_()[:, -old.in_features:] = old.weight
+        new.bias.copy_(old.bias)
+        self.decoder.inp = new
+        self.cfg = replace(self.cfg, decoder_lm_layers=n)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.encoder_frozen:
@@ -210,7 +236,8 @@ class LQAE(nn.Module):
         return torch.where(masked.unsqueeze(-1), self.mask_embed.to(embeds.dtype), embeds)
 
     def run_lm(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Frozen LM over word embeddings (B, T, D) -> its last hidden states at the same positions."""
+        """Frozen LM over word embeddings (B, T, D) -> the hidden states the decoder reads at the same
+        positions: (B, T, n * D), the outputs of the LM's last n = cfg.decoder_lm_layers layers."""
         transformer = self.lm.transformer
         if next(transformer.parameters()).device != embeds.device:
             transformer.to(embeds.device)
@@ -218,5 +245,5 @@ class LQAE(nn.Module):
             B = embeds.shape[0]
             cls, sep = self.frame_embeds.to(embeds.dtype).unsqueeze(0).expand(B, 2, -1).unbind(1)
             embeds = torch.cat([cls.unsqueeze(1), embeds, sep.unsqueeze(1)], dim=1)
-            return self.lm.hidden_states(embeds)[:, 1:-1]
-        return self.lm.hidden_states(embeds)
+            return self.lm.hidden_states(embeds, self.cfg.decoder_lm_layers)[:, 1:-1]
+        return self.lm.hidden_states(embeds, self.cfg.decoder_lm_layers)

@@ -21,6 +21,7 @@ from .checkpoint import atomic_write, load_model, read_tensors, save_model, save
 from .config import preset
 from .curves import plot_curves
 from .data import TrainImages, collate_skip_none, list_images, load_image
+from .errors import LQAEError
 from .lm import LanguageModel
 from .model import LQAE
 from .quantizer import usage_stats
@@ -56,6 +57,7 @@ class TrainArgs:
     resume: bool = False
     init: Path | None = None           # start from this checkpoint (its config and weights)
     freeze_encoder: bool = False       # train only the decoder on the fixed codes
+    decoder_lm_layers: int | None = None  # LM layers the decoder reads (None: the preset's, or the --init checkpoint's)
     quiet: bool = False
     overrides: dict = field(default_factory=dict)  # extra config fields
 
@@ -199,13 +201,22 @@ def train(args: TrainArgs) -> Path:
     if args.init is not None:  # geometry, LM and vocabulary come from the checkpoint
         model = load_model(args.init, device)
         model.cfg = replace(model.cfg, **{"mask_ratio": args.mask_ratio, "recon_loss": args.recon_loss, **args.overrides})
+        if args.decoder_lm_layers is not None:
+            try:
+                model.read_more_lm_layers(args.decoder_lm_layers)
+            except ValueError as exc:
+                raise LQAEError(f"--decoder-lm-layers: {exc}") from None
         cfg = model.cfg
     else:
         lm = LanguageModel.load(args.lm)
         cfg = preset(args.preset, **{"image_size": args.image_size, "patch_size": args.patch_size, "mask_ratio": args.mask_ratio,
                                      "recon_loss": args.recon_loss, "lm_name": args.lm, "lm_fingerprint": lm.fingerprint,
-                                     "vocab_rule": args.vocab_rule, **args.overrides})
-        model = LQAE(cfg, lm).to(device)
+                                     "vocab_rule": args.vocab_rule, **args.overrides,
+                                     **({"decoder_lm_layers": args.decoder_lm_layers} if args.decoder_lm_layers else {})})
+        try:
+            model = LQAE(cfg, lm).to(device)
+        except ValueError as exc:
+            raise LQAEError(str(exc)) from None
     if args.freeze_encoder:
         model.freeze_encoder()
     params = [p for p in model.parameters() if p.requires_grad]

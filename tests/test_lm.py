@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from conftest import VOCAB
-from lqae_cli.lm import DEFAULT_LM, LanguageModel
+from lqae_cli.lm import DEFAULT_LM, LanguageModel, LMError
 
 
 def test_allowed_vocabulary_excludes_specials(tiny_lm):
@@ -39,6 +40,17 @@ def test_hidden_states_use_positions_and_no_word_lookup(tiny_lm):
     hs = tiny_lm.hidden_states(same)
     assert not torch.allclose(hs[0, 0], hs[0, 1])
     assert all(not p.requires_grad for p in tiny_lm.transformer.parameters())
+
+
+def test_hidden_states_of_several_layers_end_with_the_last(tiny_lm):
+    emb = tiny_lm.word_embeddings[[10, 11, 12]].unsqueeze(0)
+    both = tiny_lm.hidden_states(emb, layers=2)
+    D = tiny_lm.hidden_size
+    assert tiny_lm.num_layers == 2 and both.shape == (1, 3, 2 * D)
+    assert torch.allclose(both[..., D:], tiny_lm.hidden_states(emb), atol=1e-6)
+    assert not torch.allclose(both[..., :D], both[..., D:])  # the first layer's output, not the last twice
+    with pytest.raises(LMError, match="has 2"):
+        tiny_lm.hidden_states(emb, layers=3)
 
 
 def test_packaged_minilm_loads_offline(monkeypatch):

@@ -92,6 +92,40 @@ def test_unknown_recon_loss_in_config_refused(tiny_lm):
         LQAE(tiny_config(tiny_lm, recon_loss="huber"), tiny_lm)
 
 
+def test_decoder_reads_several_lm_layers(tiny_lm):
+    torch.manual_seed(0)
+    model = LQAE(tiny_config(tiny_lm, decoder_lm_layers=2), tiny_lm)
+    assert model.decoder.inp.in_features == 2 * tiny_lm.hidden_size
+    x = torch.rand(4, 3, 16, 16)
+    model(x)["loss"].backward()
+    grad = model.decoder.inp.weight.grad
+    assert grad[:, :tiny_lm.hidden_size].abs().sum() > 0  # the first layer's output reaches the image
+    assert model.eval().decode(model.encode(x)).shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="2 layers"):
+        LQAE(tiny_config(tiny_lm, decoder_lm_layers=3), tiny_lm)
+
+
+def test_reading_more_lm_layers_starts_where_the_decoder_was(tiny_ckpt, tmp_path):
+    old, new = load_model(tiny_ckpt), load_model(tiny_ckpt)
+    new.read_more_lm_layers(2)
+    assert new.cfg.decoder_lm_layers == 2 and new.decoder.inp.in_features == 2 * new.lm.hidden_size
+    x = torch.rand(4, 3, 16, 16)
+    ids = old.encode(x)
+    assert torch.equal(new.encode(x), ids)  # the same words
+    assert torch.allclose(new.decode(ids), old.decode(ids), atol=1e-6)  # and, at first, the same pictures
+    path = tmp_path / "wider.safetensors"
+    save_model(new, path)
+    assert torch.equal(load_model(path).decode(ids), new.decode(ids))
+    new.train()
+    new.freeze_encoder()
+    new(x)["loss"].backward()  # the newly read layer gets a gradient at once
+    assert new.decoder.inp.weight.grad[:, :new.lm.hidden_size].abs().sum() > 0
+    with pytest.raises(ValueError, match="not fewer"):
+        new.read_more_lm_layers(1)
+    with pytest.raises(ValueError, match="2 layers"):
+        new.read_more_lm_layers(3)
+
+
 def test_masking_replaces_exact_share(tiny_model):
     tiny_model.train()
     emb = torch.randn(5, 16, tiny_model.lm.hidden_size)

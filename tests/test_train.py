@@ -101,14 +101,16 @@ def test_two_gloo_processes_end_identical(folder, tiny_lm_dir, tmp_path):
 
 
 def test_decoder_phase_keeps_the_words_and_lowers_the_loss(folder, tiny_lm_dir, tmp_path):
-    """--init CKPT --freeze-encoder: the encoder (and so every word) stays bit for bit, the decoder learns."""
+    """--init CKPT --freeze-encoder: the encoder (and so every word) stays bit for bit, the decoder learns
+    (here also reading one more LM layer, --decoder-lm-layers 2)."""
     runner = CliRunner()
     first = tmp_path / "first.safetensors"
     r = runner.invoke(app, train_args(folder, first, tiny_lm_dir, 10, "--lr", "3e-3"), catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     second = tmp_path / "second.safetensors"
     r = runner.invoke(app, train_args(folder, second, tiny_lm_dir, 30, "--lr", "3e-3", "--mask-ratio", "0",
-                                      "--init", str(first), "--freeze-encoder"), catch_exceptions=False)
+                                      "--init", str(first), "--freeze-encoder", "--decoder-lm-layers", "2"),
+                      catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     a, b = load_file(str(first)), load_file(str(second))
     assert a.keys() == b.keys()
@@ -122,6 +124,15 @@ def test_decoder_phase_keeps_the_words_and_lowers_the_loss(folder, tiny_lm_dir, 
     card = json.loads(runner.invoke(app, ["info", "--weights", str(second), "--format", "json"]).stdout)
     assert card["training"]["trained"] == "decoder only (encoder frozen)"
     assert card["training"]["init"]["steps"] == 10 and card["config"]["mask_ratio"] == 0
+    assert card["config"]["decoder_lm_layers"] == 2 and b["decoder.inp.weight"].shape[1] == 2 * a["decoder.inp.weight"].shape[1]
+
+
+def test_more_lm_layers_than_the_lm_has_is_one_line(folder, tiny_lm_dir, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lqae_cli", *train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2,
+                                                                      "--decoder-lm-layers", "3")],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr == "Error: decoder_lm_layers 3: the language model has 2 layers\n"
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_unknown_recon_loss_is_a_usage_error(folder, tiny_lm_dir, tmp_path):
