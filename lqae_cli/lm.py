@@ -163,9 +163,16 @@ class LanguageModel:
 
     @cached_property
     def num_layers(self) -> int:
-        """Transformer layers (read from the model's config; the weights are not loaded)."""
-        config = json.loads((self.lm_dir / "config.json").read_text())
-        return int(config.get("num_hidden_layers", 0))
+        """Transformer layers, from the model's config.json (the weights are not loaded). 1 where the
+        config does not say (the last layer can always be read)."""
+        try:
+            config = json.loads((self.lm_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            return 1
+        for key in ("num_hidden_layers", "n_layers", "num_layers"):  # BERT/RoBERTa, DistilBERT, others
+            if isinstance(config.get(key), int) and config[key] > 0:
+                return config[key]
+        return 1
 
     def hidden_states(self, embeds: torch.Tensor, layers: int = 1) -> torch.Tensor:
         """Run the frozen LM on input embeddings (B, T, D) -> the outputs of its last `layers` layers,

@@ -53,6 +53,21 @@ def test_hidden_states_of_several_layers_end_with_the_last(tiny_lm):
         tiny_lm.hidden_states(emb, layers=3)
 
 
+def test_layer_count_without_a_known_config_key_is_one(tiny_lm_dir, tmp_path):
+    import json
+    import shutil
+
+    odd = tmp_path / "odd_lm"
+    shutil.copytree(tiny_lm_dir, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["n_layers"] = cfg.pop("num_hidden_layers")  # DistilBERT's spelling
+    (odd / "config.json").write_text(json.dumps(cfg))
+    assert LanguageModel.load(str(odd)).num_layers == 2
+    del cfg["n_layers"]
+    (odd / "config.json").write_text(json.dumps(cfg))
+    assert LanguageModel.load(str(odd)).num_layers == 1  # unknown: the last layer is always readable
+
+
 def test_packaged_minilm_loads_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lm = LanguageModel.load(DEFAULT_LM)
