@@ -6,6 +6,7 @@ Public surface: `encode(images) -> ids`, `decode(ids) -> images`, and
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,11 @@ LOG_MSE_SCALE = 0.03  # "log_mse" is multiplied by a typical image's MSE, so tha
 def check_recon_loss(kind: str) -> None:
     if kind not in RECON_LOSSES:
         raise ValueError(f"unknown reconstruction loss '{kind}' ({' or '.join(RECON_LOSSES)})")
+
+
+def check_decoder_lm_layers(n: int, lm: LanguageModel) -> None:
+    if not 1 <= n <= lm.num_layers:
+        raise ValueError(f"decoder_lm_layers {n}: the language model has {lm.num_layers} layers")
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +126,7 @@ class LQAE(nn.Module):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         check_recon_loss(cfg.recon_loss)
-        if not 1 <= cfg.decoder_lm_layers <= lm.num_layers:
-            raise ValueError(f"decoder_lm_layers {cfg.decoder_lm_layers}: the language model has {lm.num_layers} layers")
+        check_decoder_lm_layers(cfg.decoder_lm_layers, lm)
         self.cfg = cfg
         self.lm = lm  # frozen and not registered: its weights stay in their own package
         self.encoder = Encoder(cfg)
@@ -190,13 +195,10 @@ class LQAE(nn.Module):
         """Let the decoder read the outputs of the LM's last n layers instead of fewer: the layers it read
         keep their input weights and the new ones enter with zero weights, so at first it decodes
         exactly as before (for a decoder-only phase that goes on from a trained checkpoint)."""
-        from dataclasses import replace
-
         old = self.decoder.inp
         if n < self.cfg.decoder_lm_layers:
             raise ValueError(f"the decoder reads {self.cfg.decoder_lm_layers} LM layers; it can be given more, not fewer")
-        if n > self.lm.num_layers:
-            raise ValueError(f"decoder_lm_layers {n}: the language model has {self.lm.num_layers} layers")
+        check_decoder_lm_layers(n, self.lm)
         new = nn.Linear(self.lm.hidden_size * n, old.out_features).to(old.weight.device)
         new.weight.zero_()[:, -old.in_features:] = old.weight
         new.bias.copy_(old.bias)
