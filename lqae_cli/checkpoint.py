@@ -1,6 +1,9 @@
 """Checkpoints: one .safetensors file of trained tensors, the config and records as JSON metadata.
 
 No pickle anywhere. Writes are atomic (temporary name in the same folder, then rename).
+A checkpoint is untrusted input: loading validates its config (types and ranges, `LQAEConfig`)
+and checks every tensor's name, shape and dtype in the file's header against the model that
+config describes (built on the meta device, so nothing is allocated) before reading any tensor.
 """
 from __future__ import annotations
 
@@ -12,15 +15,12 @@ from pathlib import Path
 import torch
 
 from .config import LQAEConfig
-from .lm import LanguageModel, LMError
+from .errors import CheckpointError, ConfigError, LMError, LQAEError
+from .lm import LanguageModel
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or does not fit this machine's language model."""
 
 
 def _replace_atomically(path: Path, fill) -> None:
@@ -64,7 +64,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **metadata}))
 
 
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read(path: Path, check=None, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The file's metadata, then check(header, meta) on {name: (dtype, shape)} if given, then its tensors
+    (none when `tensors` is False)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -73,10 +75,20 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if check is not None:
+                header = {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+                check(header, meta)
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, LQAEError):
+            raise
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
-    return tensors, meta
+    return loaded, meta
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file (training state, checkpoints)."""
+    return _read(path)
 
 
 def save_model(model, path: Path, training: dict | None = None, metrics: dict | None = None) -> None:
@@ -87,7 +99,7 @@ def save_model(model, path: Path, training: dict | None = None, metrics: dict | 
 
 def read_card(path: Path) -> dict:
     """The checkpoint's metadata, parsed: config, lm, training, metrics."""
-    _, meta = read_tensors(path)
+    _, meta = _read(path, tensors=False)
     return parse_metadata(path, meta)
 
 
@@ -95,33 +107,60 @@ def parse_metadata(path: Path, meta: dict[str, str]) -> dict:
     if "lqae_config" not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not an lqae checkpoint (no lqae_config metadata)")
     try:
-        return {"config": LQAEConfig.from_json(meta["lqae_config"]), "lm": json.loads(meta.get("lm", "{}")),
+        card = {"config": LQAEConfig.from_json(meta["lqae_config"]), "lm": json.loads(meta.get("lm", "{}")),
                 "training": json.loads(meta.get("training", "{}")), "metrics": json.loads(meta.get("metrics", "{}"))}
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} has unreadable lqae metadata ({exc})") from None
+    if not all(isinstance(card[k], dict) for k in ("lm", "training", "metrics")):
+        raise CheckpointError(f"{path} has unreadable lqae metadata (lm, training and metrics must be JSON objects)")
+    return card
+
+
+def _build(cfg: LQAEConfig, lm: LanguageModel, path: Path):
+    from .model import LQAE
+
+    try:
+        return LQAE(cfg, lm, fit_matching=False)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel | None = None):
-    """Rebuild the model from the checkpoint's metadata alone and load its tensors strictly."""
-    from .model import LQAE
+    """Rebuild the model from the checkpoint's metadata alone and load its tensors strictly.
 
-    tensors, meta = read_tensors(path)
-    card = parse_metadata(path, meta)
-    cfg: LQAEConfig = card["config"]
-    try:
-        lm = lm or LanguageModel.load(cfg.lm_name)
-    except LMError as exc:
-        raise CheckpointError(f"{path} needs language model '{cfg.lm_name}': {exc}") from None
-    if cfg.lm_fingerprint and lm.fingerprint != cfg.lm_fingerprint:
-        raise CheckpointError(f"{path} was trained with LM fingerprint {cfg.lm_fingerprint}, but '{cfg.lm_name}' here "
-                              f"has fingerprint {lm.fingerprint}: use the same language model")
-    model = LQAE(cfg, lm, fit_matching=False)
-    missing, unexpected = model.state_dict().keys() - tensors.keys(), tensors.keys() - model.state_dict().keys()
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not match its config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match its config ({str(exc).splitlines()[-1].strip()[:160]})") from None
-    model.card = card
+    Raises CheckpointError (one line) for a file that is not a safetensors lqae checkpoint, a config
+    out of range, a language model that is missing or differs from the one it was trained with, or
+    tensors whose names, shapes or dtypes do not match the config; nothing large is allocated first."""
+    state: dict = {}
+
+    def check(header: dict[str, tuple[str, tuple]], meta: dict[str, str]) -> None:
+        card = parse_metadata(path, meta)
+        cfg: LQAEConfig = card["config"]
+        try:
+            model_lm = lm or LanguageModel.load(cfg.lm_name)
+        except LMError as exc:
+            raise CheckpointError(f"{path} needs language model '{cfg.lm_name}': {exc}") from None
+        if cfg.lm_fingerprint and model_lm.fingerprint != cfg.lm_fingerprint:
+            raise CheckpointError(f"{path} was trained with LM fingerprint {cfg.lm_fingerprint}, but '{cfg.lm_name}' here "
+                                  f"has fingerprint {model_lm.fingerprint}: use the same language model")
+        with torch.device("meta"):
+            expected = {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in _build(cfg, model_lm, path).state_dict().items()}
+        missing, unexpected = expected.keys() - header.keys(), header.keys() - expected.keys()
+        if missing or unexpected:
+            raise CheckpointError(f"{path} does not match its config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        for k, (dtype, shape) in sorted(header.items()):
+            floating, want = expected[k]
+            if shape != want:
+                raise CheckpointError(f"{path} does not match its config: tensor {k} has shape {list(shape)}, "
+                                      f"the config makes {list(want)}")
+            if (dtype in ("F32", "F16", "BF16", "F64")) != floating or dtype in ("BOOL", "F8_E4M3", "F8_E5M2"):
+                raise CheckpointError(f"{path}: tensor {k} has dtype {dtype}, expected {'a float' if floating else 'an integer'} type")
+        state.update(card=card, lm=model_lm)
+
+    tensors, _ = _read(path, check)
+    model = _build(state["card"]["config"], state["lm"], path)
+    model.load_state_dict(tensors, strict=True)
+    model.card = state["card"]
     return model.to(device).eval()

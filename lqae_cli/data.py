@@ -9,13 +9,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
+from .errors import ImageError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 64_000_000  # decompression-bomb guard
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class ImageError(ValueError):
-    """An input that is not a usable image."""
 
 
 def list_images(root: Path) -> list[Path]:
@@ -31,7 +29,12 @@ def list_images(root: Path) -> list[Path]:
 
 
 def open_rgb(source) -> Image.Image:
-    """Any image (path, file object) -> RGB: first frame, EXIF-rotated, alpha on white, 16-bit scaled."""
+    """Any image (path, file object or PIL image) -> RGB: first frame, EXIF-rotated, alpha on white,
+    16-bit scaled. Raises ImageError for anything that is not a readable image of a sane size."""
+    if isinstance(source, Image.Image):
+        if source.width * source.height == 0:
+            raise ImageError("image has no pixels (0x0)")
+        return as_rgb(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,6 +53,11 @@ def open_rgb(source) -> Image.Image:
         raise ImageError(f"not a readable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
     if "exif" in img.info or img.format in ("JPEG", "MPO", "TIFF", "WEBP"):  # (reading EXIF imports Pillow's TIFF code)
         img = ImageOps.exif_transpose(img)
+    return as_rgb(img)
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """A PIL image in any mode -> RGB (alpha composited on white, 16-bit and float scaled to 8 bits)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v / 256).convert("L")
     if img.mode == "P":
@@ -68,8 +76,20 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return data.view(img.height, img.width, 3).permute(2, 0, 1).float() / 255
 
 
+def to_uint8(images: torch.Tensor):
+    """(B, 3, H, W) or (3, H, W) float in [0, 1] -> a (B, H, W, 3) or (H, W, 3) uint8 numpy array."""
+    arr = (images.detach().float().clamp(0, 1) * 255).round().byte()
+    return (arr.permute(0, 2, 3, 1) if arr.ndim == 4 else arr.permute(1, 2, 0)).cpu().numpy()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] -> an RGB PIL image."""
+    return Image.fromarray(to_uint8(image))
+
+
 def load_image(source, size: int) -> torch.Tensor:
-    """An image resized (bicubic, whole frame, square) to size x size -> (3, size, size) in [0, 1]."""
+    """An image (path, file object or PIL image) resized (bicubic, whole frame, square) to size x size
+    -> (3, size, size) in [0, 1]."""
     img = open_rgb(source)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)

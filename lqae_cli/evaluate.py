@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .convert import Source, image_batches, split_loaded
-from .data import list_images
+from .data import list_images, to_pil, to_tensor
+from .errors import LQAEError
 
 _ENGLISH = re.compile(r"^[a-z]+$")
 
@@ -53,11 +54,8 @@ def thumbnail_codec(images: torch.Tensor, thumb: int) -> torch.Tensor:
     """The trivial codec: shrink to thumb x thumb pixels and enlarge back, both bicubic (Pillow)."""
     out = []
     for img in images:
-        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        pil = Image.fromarray(arr)
-        small = pil.resize((thumb, thumb), Image.BICUBIC)
-        back = small.resize(pil.size, Image.BICUBIC)
-        out.append(torch.frombuffer(bytearray(back.tobytes()), dtype=torch.uint8).view(*arr.shape).permute(2, 0, 1).float() / 255)
+        pil = to_pil(img)
+        out.append(to_tensor(pil.resize((thumb, thumb), Image.BICUBIC).resize(pil.size, Image.BICUBIC)))
     return torch.stack(out)
 
 
@@ -115,9 +113,17 @@ def class_of(path: Path, root: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else ""
 
 
+def count_images(data: Path, train: Path | None = None, test: Path | None = None, limit: int | None = None) -> int:
+    """How many images `evaluate` reads (for a progress bar)."""
+    return min(len(list_images(data)), limit or 10**12) + sum(len(list_images(d)) for d in (train, test) if d is not None)
+
+
 @torch.no_grad()
-def run_folder(model, root: Path, batch_size: int = 64, workers: int = 1, limit: int | None = None,
+def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: int | None = None,
                reconstruct: bool = True, progress=None) -> FolderResult:
+    """A tokenizer over every image under root: words, LM features, pixels, and (with `reconstruct`)
+    PSNR/SSIM of its reconstructions and of the thumbnail codec's, per image."""
+    model = tok.model
     files = list_images(root)
     if limit:
         step = max(1, len(files) // limit)
@@ -183,13 +189,15 @@ def probe_report(train: FolderResult, test: FolderResult, train_idx=None, test_i
             "lm_features_accuracy": lm_acc, "raw_pixels_accuracy": px_acc, "majority_class_accuracy": majority}
 
 
-def evaluate(model, data: Path, train: Path | None = None, test: Path | None = None, batch_size: int = 64,
+def evaluate(tok, data: Path, train: Path | None = None, test: Path | None = None, batch_size: int = 64,
              workers: int = 1, limit: int | None = None, progress=None) -> tuple[dict, FolderResult]:
-    res = run_folder(model, data, batch_size, workers, limit, progress=progress)
+    """The report `lqae eval` prints (see format_report) and the per-image results."""
+    model = tok.model
+    res = run_folder(tok, data, batch_size, workers, limit, progress=progress)
     if len(res.files) == 0:
-        raise ValueError(f"no readable images under {data}")
+        raise LQAEError(f"no readable images under {data}")
     report = {"data": str(data), "images": len(res.files), "failed": len(res.failed),
-              "checkpoint": getattr(model, "name", ""), "lm_fingerprint": model.cfg.lm_fingerprint,
+              "checkpoint": tok.name, "lm_fingerprint": model.cfg.lm_fingerprint,
               "reconstruction": {
                   "psnr": float(res.psnr.mean()), "ssim": float(res.ssim.mean()),
                   "thumbnail_psnr": float(res.base_psnr.mean()), "thumbnail_ssim": float(res.base_ssim.mean()),
@@ -199,8 +207,8 @@ def evaluate(model, data: Path, train: Path | None = None, test: Path | None = N
                   "thumbnail_bits": 3 * 8 * model.cfg.grid_size ** 2},
               "codebook": codebook_report(res.ids, model.lm.vocab)}
     if train is not None and test is not None:
-        tr = run_folder(model, train, batch_size, workers, reconstruct=False, progress=progress)
-        te = run_folder(model, test, batch_size, workers, reconstruct=False, progress=progress)
+        tr = run_folder(tok, train, batch_size, workers, reconstruct=False, progress=progress)
+        te = run_folder(tok, test, batch_size, workers, reconstruct=False, progress=progress)
         report["probe"] = probe_report(tr, te)
     elif len(set(res.labels)) > 1:
         tr_idx, te_idx = split_by_class(res.labels)
@@ -213,9 +221,7 @@ def save_sample_grid(path: Path, samples) -> None:
     from .checkpoint import atomic_write
 
     rows = [torch.cat([x, r, b], dim=2) for x, r, b in samples]
-    grid = torch.cat(rows, dim=1)
-    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr)
+    img = to_pil(torch.cat(rows, dim=1))
     img = img.resize((img.width * 2, img.height * 2), Image.NEAREST)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 

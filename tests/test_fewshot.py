@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lqae_cli.errors import LQAEError
 from lqae_cli.fewshot import (build_prompt, class_log_likelihoods, sample_episodes, vocabulary_permutation,
                               wilson_interval)
 
@@ -88,7 +89,7 @@ def test_episodes_are_balanced_and_seeded():
         assert len(ep.support) == 6 and ep.answer in ep.classes
         assert ep.query not in [i for i, _ in ep.support] and labels[ep.query] == ep.answer
         assert all(labels[i] == l for i, l in ep.support)
-    with pytest.raises(ValueError):
+    with pytest.raises(LQAEError):
         sample_episodes(labels, 4, 1, 1, seed=0)
 
 

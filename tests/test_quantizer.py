@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from lqae_cli.errors import LQAEError
 from lqae_cli.quantizer import WordQuantizer, usage_stats
 
 
@@ -45,7 +46,7 @@ def test_search_when_every_word_points_away(quantizer):
     quantizer.build_search_codes()
     u = -axis + 0.3 * torch.randn(200, 8, generator=g)
     assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(LQAEError, match="non-finite"):
         quantizer.nearest_ids(torch.full((1, 8), float("nan")))
 
 

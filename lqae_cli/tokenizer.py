@@ -1,0 +1,373 @@
+"""The Python API: load a tokenizer in one call, turn images into word grids and word grids back into images.
+
+    import lqae_cli as lqae
+
+    tok = lqae.load()                          # the shipped checkpoint (or a path, or $LQAE_WEIGHTS)
+    grid = tok.encode("examples/emoji-cat.png")  # also a PIL image, an HWC uint8 array or a CHW tensor
+    print(grid.text)                           # 8 lines of 8 words
+    image = tok.decode(grid)                   # a PIL image at the checkpoint's size
+
+Encoding never loads the language model's layers (nor imports transformers); decoding does, once.
+Every failure the caller can act on raises `LQAEError` (a subclass says which kind) with a one-line message.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import torch
+from PIL import Image
+
+from .data import to_uint8
+from .errors import CheckpointError, ImageError, LQAEError, TokenError
+from .tokens import FORMATS, WordGrid, format_grid, parse_tokens
+
+WEIGHTS_ENV, DEVICE_ENV = "LQAE_WEIGHTS", "LQAE_DEVICE"
+DEFAULT_NAME = "lqae-base"
+PRECISIONS = ("fp32", "bf16")
+
+if TYPE_CHECKING:
+    import numpy
+
+ImageLike = Union[Image.Image, str, os.PathLike, bytes, torch.Tensor, "numpy.ndarray"]
+
+
+def default_weights() -> Path:
+    """The shipped checkpoint: inside the installed package (`lqae_cli/weights/`, mapped from the
+    repository's `weights/` when the wheel is built), else the source tree's `weights/`."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "weights", here.parent / "weights"):
+        if (folder / f"{DEFAULT_NAME}.safetensors").is_file():
+            return folder / f"{DEFAULT_NAME}.safetensors"
+    return here / "weights" / f"{DEFAULT_NAME}.safetensors"
+
+
+def weights_path(weights: str | os.PathLike | None = None) -> Path:
+    """The checkpoint to load: `weights`, else $LQAE_WEIGHTS, else the shipped one. Raises CheckpointError
+    if that file does not exist."""
+    if weights is not None:
+        path, hint = Path(weights), "check the path"
+    elif os.environ.get(WEIGHTS_ENV):
+        path, hint = Path(os.environ[WEIGHTS_ENV]), f"check ${WEIGHTS_ENV}"
+    else:
+        path, hint = default_weights(), "reinstall lqae, or pass --weights PATH / set LQAE_WEIGHTS"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} ({hint})")
+    return path
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """auto (or None: $LQAE_DEVICE, else auto) -> cuda, then mps, then cpu. A requested device that is
+    missing raises LQAEError."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or os.environ.get(DEVICE_ENV) or "auto").lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LQAEError("CUDA was requested but no CUDA device is available (use --device cpu)")
+    if name == "mps" and not mps:
+        raise LQAEError("MPS was requested but is not available (use --device cpu)")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise LQAEError(f"unknown device '{name}' (use auto, cpu, cuda or mps)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise LQAEError(f"unknown device '{name}' (use auto, cpu, cuda or mps)") from None
+
+
+def load(weights: str | os.PathLike | None = None, device: str | torch.device | None = None) -> "Tokenizer":
+    """Load a tokenizer: the shipped checkpoint by default, a `.safetensors` path, or $LQAE_WEIGHTS.
+
+    Args:
+        weights: a checkpoint path; None means $LQAE_WEIGHTS if set, else the shipped checkpoint.
+        device: "auto" (cuda, then mps, then cpu), "cpu", "cuda[:N]" or "mps"; None means $LQAE_DEVICE or auto.
+    Returns:
+        A ready `Tokenizer` in eval mode on that device.
+    Raises:
+        CheckpointError: the file is missing, not an lqae checkpoint, out of range, or its tensors do not
+            match its config; LMError: its language model is not installed; LQAEError: a missing device.
+    """
+    from .checkpoint import load_model
+
+    path = weights_path(weights)
+    model = load_model(path, resolve_device(device))
+    return Tokenizer(model, name=path.stem, path=path)
+
+
+def describe(weights: str | os.PathLike | None = None) -> dict:
+    """A checkpoint's card without building the model: path, geometry, language model and fingerprint,
+    vocabulary rule and size (None when the LM is not installed), config, training record, metrics."""
+    from dataclasses import asdict
+
+    from .checkpoint import read_card
+    from .errors import LMError
+    from .lm import LanguageModel
+
+    path = weights_path(weights)
+    card = read_card(path)
+    cfg = card["config"]
+    try:
+        allowed = len(LanguageModel.load(cfg.lm_name).allowed_ids(cfg.vocab_rule))
+    except LMError:
+        allowed = None
+    return {"checkpoint": str(path), "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+            "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,
+            "lm_fingerprint": cfg.lm_fingerprint, "vocab_rule": cfg.vocab_rule, "allowed_vocabulary": allowed,
+            "config": asdict(cfg), "training": card["training"], "metrics": card["metrics"]}
+
+
+class Tokenizer:
+    """A trained LQAE checkpoint as a tokenizer: `encode` images to word grids, `decode` grids to images.
+
+    Attributes:
+        model: the `LQAE` module (eval mode) for tensor-level use and fine-tuning.
+        name, path: the checkpoint's file stem and path (path None for a model built in memory).
+        config: the `LQAEConfig` stored in the checkpoint.
+        training, metrics: the checkpoint's training record and last metrics (dicts).
+        lm_name, lm_fingerprint: the frozen language model and the fingerprint of its vocabulary and table.
+        vocab: the language model's vocabulary (id -> token); allowed_ids: the ids a patch can become.
+        image_size, grid_size: pixels per side of the model's input and output; words per side.
+    """
+
+    def __init__(self, model, name: str = "", path: Path | None = None):
+        self.model = model
+        self.name = name
+        self.path = path
+        card = getattr(model, "card", None) or {}
+        self.training: dict = card.get("training", {})
+        self.metrics: dict = card.get("metrics", {})
+        self._allowed: frozenset[int] | None = None
+
+    # --- the card ---------------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.cfg
+
+    @property
+    def lm_name(self) -> str:
+        return self.model.cfg.lm_name
+
+    @property
+    def lm_fingerprint(self) -> str:
+        return self.model.cfg.lm_fingerprint or self.model.lm.fingerprint
+
+    @property
+    def vocab(self) -> list[str]:
+        return self.model.lm.vocab
+
+    @property
+    def allowed_ids(self) -> frozenset[int]:
+        if self._allowed is None:
+            self._allowed = frozenset(self.model.quantizer.allowed_ids.tolist())
+        return self._allowed
+
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.image_size
+
+    @property
+    def grid_size(self) -> int:
+        return self.model.cfg.grid_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer({self.name!r}, {self.image_size}x{self.image_size} px -> {self.grid_size}x{self.grid_size} words, "
+                f"lm={self.lm_name!r}, device={self.device.type!r})")
+
+    # --- words <-> ids ------------------------------------------------------------
+    def ids_to_words(self, ids):
+        """An id, or (nested) lists / an integer tensor of ids -> the same structure of words."""
+        if torch.is_tensor(ids) or type(ids).__module__ == "numpy":
+            ids = ids.tolist()
+        if isinstance(ids, (list, tuple)):
+            return [self.ids_to_words(i) for i in ids]
+        if not isinstance(ids, int) or isinstance(ids, bool) or not 0 <= ids < len(self.vocab):
+            raise TokenError(f"id {ids!r} is not in the vocabulary (0..{len(self.vocab) - 1})")
+        return self.vocab[ids]
+
+    def words_to_ids(self, words):
+        """A word, or (nested) lists of words -> the same structure of ids. A word the checkpoint may not
+        use (unknown, special, or outside its vocabulary rule) raises TokenError."""
+        if isinstance(words, (list, tuple)):
+            return [self.words_to_ids(w) for w in words]
+        i = self.model.lm.token_id(str(words))
+        if i is None or i not in self.allowed_ids:
+            raise TokenError(f"'{words}' is not in the checkpoint's allowed vocabulary")
+        return i
+
+    def grid(self, ids, source: str | None = None) -> WordGrid:
+        """A WordGrid from a (grid, grid) nested list or tensor of ids or words (checked against the vocabulary)."""
+        return self._checked(ids.tolist() if _is_array(ids) else ids, "grid", source)
+
+    def parse(self, text: str) -> list[WordGrid]:
+        """Token text in any format `format` writes (text, ids, json, jsonl; detected) -> word grids.
+        Raises TokenError naming the line for an unknown word or a grid of the wrong size."""
+        return parse_tokens(text, self.vocab, self.model.lm.token_id, self.allowed_ids, self.grid_size)
+
+    def format(self, grid: WordGrid, fmt: str = "text") -> str:
+        """One grid as text ("text": words, one line per token row), "ids", "json" or "jsonl" (one line)."""
+        if fmt not in FORMATS:
+            raise TokenError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+        return format_grid(grid, fmt, self.name, self.lm_fingerprint)
+
+    # --- encode -----------------------------------------------------------------
+    def pixels(self, image: ImageLike) -> torch.Tensor:
+        """One image -> (3, S, S) float in [0, 1], S = image_size: read (a path, bytes, PIL image, HWC
+        uint8 array or CHW tensor), made RGB and resized (bicubic, whole frame) exactly as `lqae encode` does."""
+        from .data import load_image
+
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                return load_image(Path(image), self.image_size)
+            except OSError as exc:
+                raise ImageError(f"{image}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+        if isinstance(image, (bytes, bytearray)):
+            import io
+
+            return load_image(io.BytesIO(image), self.image_size)
+        if isinstance(image, Image.Image):
+            return load_image(image, self.image_size)
+        if torch.is_tensor(image) or type(image).__module__ == "numpy":
+            return load_image(_array_to_pil(image), self.image_size)
+        raise ImageError(f"cannot read an image from a {type(image).__name__} (give a path, bytes, a PIL image, "
+                         "an HWC uint8 array or a CHW tensor)")
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """(B, 3, S, S) float in [0, 1] -> (B, grid, grid) int64 vocabulary ids, on the model's device.
+        precision "fp32" gives the reference words (the same on every run and batch size); "bf16" runs the
+        encoder in bf16 (faster only where the hardware has native bf16; a few words differ)."""
+        from .errors import ConfigError
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{precision}' (choose {' or '.join(PRECISIONS)})")
+        S = self.image_size
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S):
+            raise ImageError(f"expected pixels of shape (B, 3, {S}, {S}), got {tuple(pixels.shape)}")
+        return self.model.encode(pixels.to(self.device, torch.float32), precision)
+
+    def encode(self, images: ImageLike | Sequence[ImageLike], *, precision: str = "fp32",
+               batch_size: int = 64) -> WordGrid | list[WordGrid]:
+        """Images -> word grids.
+
+        Args:
+            images: one image or a list of them: a path, bytes of an image file, a PIL image, a numpy array
+                (H, W, 3) / (H, W) uint8 (or float in [0, 1]), a tensor (3, H, W) float in [0, 1] or uint8;
+                a 4-D array (B, H, W, 3) or tensor (B, 3, H, W) is a batch. Any size: resized to the model's.
+            precision: "fp32" (the reference words) or "bf16" (see `encode_pixels`).
+            batch_size: images per model call.
+        Returns:
+            One `WordGrid` for one image, a list for a list (or a 4-D batch), in order.
+        Raises:
+            ImageError: an input is not a readable image (the message names it).
+        """
+        single = not isinstance(images, (list, tuple)) and not (_is_array(images) and images.ndim == 4)
+        items = [images] if single else list(images)
+        names = [str(x) if isinstance(x, (str, os.PathLike)) else None for x in items]
+        grids: list[WordGrid] = []
+        for start in range(0, len(items), batch_size):
+            chunk = torch.stack([self.pixels(x) for x in items[start:start + batch_size]])
+            for ids, name in zip(self.encode_pixels(chunk, precision).cpu().tolist(), names[start:start + batch_size]):
+                grids.append(WordGrid.from_ids(ids, self.vocab, name))
+        return grids[0] if single else grids
+
+    # --- decode -----------------------------------------------------------------
+    @torch.no_grad()
+    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, grid, grid) integer ids -> (B, 3, S, S) float images in [0, 1], on the model's device.
+        Runs the frozen language model (loaded on first use) and the decoder."""
+        g = self.grid_size
+        if ids.ndim != 3 or tuple(ids.shape[1:]) != (g, g):
+            raise TokenError(f"expected ids of shape (B, {g}, {g}), got {tuple(ids.shape)}")
+        return self.model.decode(ids.to(self.device, torch.long))
+
+    def decode(self, grids, *, batch_size: int = 64) -> Image.Image | list[Image.Image]:
+        """Word grids -> RGB PIL images of the checkpoint's size.
+
+        Args:
+            grids: one grid or a list of them. A grid is a `WordGrid`, a (grid, grid) nested list of ids or
+                of words, a flat list of grid*grid ids or words, token text (any format; one image), or an
+                integer tensor / array (grid, grid); a 3-D tensor (B, grid, grid) is a batch.
+        Returns:
+            One image for one grid, a list for a list (or a 3-D batch), in order.
+        Raises:
+            TokenError: a word the checkpoint may not use, an id out of range, or a grid of the wrong size.
+        """
+        grids_ids, single = self._as_grids(grids)
+        images: list[Image.Image] = []
+        for start in range(0, len(grids_ids), batch_size):
+            ids = torch.tensor([g.ids for g in grids_ids[start:start + batch_size]], dtype=torch.long)
+            images += [Image.fromarray(a) for a in to_uint8(self.decode_ids(ids))]
+        return images[0] if single else images
+
+    def _as_grids(self, x) -> tuple[list[WordGrid], bool]:
+        """Anything `decode` accepts -> (checked word grids, whether it was one grid)."""
+        g = self.grid_size
+        if isinstance(x, WordGrid):
+            return [self._checked(x.ids, "grid", x.source)], True
+        if isinstance(x, str):
+            parsed = self.parse(x)
+            if len(parsed) != 1:
+                raise TokenError(f"the text holds {len(parsed)} images; use parse() and decode the list")
+            return parsed, True
+        if _is_array(x):
+            x = x.tolist()
+            if not isinstance(x, list) or not x or not isinstance(x[0], list):
+                raise TokenError(f"expected ids of shape ({g}, {g}) or (B, {g}, {g})")
+        if not isinstance(x, (list, tuple)):
+            raise TokenError(f"cannot decode a {type(x).__name__} (give a WordGrid, ids, words or token text)")
+        if len(x) == g * g and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in x):  # one flat grid
+            return [self._checked([list(x[r * g:(r + 1) * g]) for r in range(g)], "grid")], True
+        if x and all(isinstance(row, (list, tuple)) and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in row)
+                     for row in x):  # one grid of rows
+            return [self._checked(x, "grid")], True
+        out = []
+        for n, item in enumerate(x):
+            sub, one = self._as_grids(item)
+            if not one:
+                raise TokenError(f"grid {n}: a list of grids cannot hold another list of grids")
+            out += sub
+        return out, False
+
+    def _checked(self, rows, where: str, source: str | None = None) -> WordGrid:
+        g = self.grid_size
+        if len(rows) != g or any(len(r) != g for r in rows):
+            raise TokenError(f"{where}: expected {g}x{g} tokens, got rows of {[len(r) for r in rows][:g + 1]}")
+        ids = [[v if isinstance(v, int) else self.words_to_ids(v) for v in row] for row in rows]
+        for row in ids:
+            for i in row:
+                if i not in self.allowed_ids:
+                    raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
+        return WordGrid.from_ids(ids, self.vocab, source)
+
+
+def _is_array(x) -> bool:
+    return torch.is_tensor(x) or type(x).__module__ == "numpy"
+
+
+def _array_to_pil(a) -> Image.Image:
+    """(H, W, 3|4) / (H, W) numpy array or (3|1, H, W) tensor; uint8, or float in [0, 1] -> PIL image."""
+    import numpy as np
+
+    if torch.is_tensor(a):
+        a = a.detach().cpu()
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4):
+            a = a.permute(1, 2, 0)
+        a = a.numpy()
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(f"expected an (H, W, 3) array or a (3, H, W) tensor, got shape {tuple(a.shape)}")
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise ImageError(f"expected uint8 pixels, or floats in [0, 1]; got {a.dtype}")
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))
