@@ -92,9 +92,9 @@ def main() -> None:
         print(f"decode  {n_png} images in {dec_s:.1f} s = {n_png / dec_s:.0f} images/s (floor 40), process start included")
         # FLOP share: encoder + search per image against the measured fp32 matmul rate
         sys.path.insert(0, str(ROOT))
-        from lqae_cli.runtime import load
+        from lqae_cli import load
 
-        model = load(None, "cpu")
+        model = load(None, "cpu").model
         enc_flops = 2 * sum(p.numel() for p in model.encoder.parameters()) * model.cfg.num_tokens
         search_flops = 2 * model.cfg.num_tokens * model.quantizer.num_allowed * model.cfg.match_dim
         lm_params = sum(p.numel() for n, p in model.lm.transformer.named_parameters() if "embeddings" not in n)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lqae_cli.evaluate import codebook_report, probe_report, psnr, run_folder, save_sample_grid  # noqa: E402
-from lqae_cli.runtime import load  # noqa: E402
+from lqae_cli import load  # noqa: E402
 
 SETS = {"emoji": ("data/heldout/emoji", None), "photos": ("data/heldout/photos", None),
         "fashion": ("data/heldout/fashion", 2000)}  # 2,000 of the 10,000 test images for reconstruction
@@ -33,11 +33,12 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = load(a.weights, "cpu")
-    report, all_ids = {"checkpoint": model.name, "sets": {}}, []
+    tok = load(a.weights, "cpu")
+    model = tok.model
+    report, all_ids = {"checkpoint": tok.name, "sets": {}}, []
     for name, (folder, limit) in SETS.items():
         t = time.time()
-        res = run_folder(model, Path(folder), limit=limit)
+        res = run_folder(tok, Path(folder), limit=limit)
         all_ids.append(res.ids)
         save_sample_grid(a.out / f"{name}-samples.png", res.samples)
         report["sets"][name] = {
@@ -58,8 +59,8 @@ def main() -> None:
     print(f"pooled   {pooled['positions'] // model.cfg.num_tokens:6d} images  distinct {pooled['distinct']}  "
           f"top {pooled['top_share']:.2%} '{pooled['top_words'][0][0]}'  perplexity {pooled['perplexity']:.0f}", flush=True)
     t = time.time()
-    train = run_folder(model, Path("data/probe-train/fashion"), reconstruct=False)
-    test = run_folder(model, Path("data/heldout/fashion"), reconstruct=False)
+    train = run_folder(tok, Path("data/probe-train/fashion"), reconstruct=False)
+    test = run_folder(tok, Path("data/heldout/fashion"), reconstruct=False)
     report["fashion_probe"] = probe_report(train, test)
     p = report["fashion_probe"]
     print(f"probe    LM features {p['lm_features_accuracy']:.2%}  raw pixels {p['raw_pixels_accuracy']:.2%}  "
