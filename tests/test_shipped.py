@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -50,6 +51,7 @@ def test_shipped_search_is_exact_on_the_real_vocabulary():
     assert torch.equal(q.nearest_ids(u), exact)
 
 
+@pytest.mark.slow
 def test_bf16_encode_keeps_almost_every_word(tmp_path):
     """--precision bf16 is a speed option, not a different tokenizer: at least 95% of the words of
     the held-out-like example images match the fp32 reference files."""
@@ -64,6 +66,7 @@ def test_bf16_encode_keeps_almost_every_word(tmp_path):
     assert total == 64 * len(pngs) and same >= 0.95 * total
 
 
+@pytest.mark.slow
 def test_encode_prints_8_lines_of_8_words_matching_the_example_files():
     for png in sorted(EXAMPLES.glob("*.png")):
         p = sh(f"{LQAE} encode examples/{png.name}")
@@ -73,6 +76,7 @@ def test_encode_prints_8_lines_of_8_words_matching_the_example_files():
         assert p.stderr == b""
 
 
+@pytest.mark.slow
 def test_pipes_to_file_and_to_stdout(tmp_path):
     sh(f"{LQAE} encode examples/emoji-cat.png | {LQAE} decode - -o {tmp_path}/a.png")
     sh(f"{LQAE} encode examples/emoji-cat.png | {LQAE} decode - -o - > {tmp_path}/b.png")
@@ -80,6 +84,7 @@ def test_pipes_to_file_and_to_stdout(tmp_path):
     assert Image.open(tmp_path / "a.png").size == (64, 64)
 
 
+@pytest.mark.slow
 def test_each_reconstruction_resembles_its_own_input(tmp_path):
     """Decoded examples are closer to their inputs than to the other examples."""
     pngs = sorted(EXAMPLES.glob("*.png"))
@@ -93,6 +98,7 @@ def test_each_reconstruction_resembles_its_own_input(tmp_path):
         assert min(range(len(d)), key=d.__getitem__) == i, pngs[i].name
 
 
+@pytest.mark.slow
 def test_recipes_script_runs(tmp_path):
     p = sh(f"PATH={Path(sys.executable).parent}:$PATH bash examples/recipes.sh {tmp_path}")
     out = p.stdout.decode().splitlines()
@@ -101,6 +107,7 @@ def test_recipes_script_runs(tmp_path):
     assert (tmp_path / "rocket-edited.png").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_batch_resumes_without_redoing_or_losing(tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()
@@ -131,6 +138,7 @@ def test_interrupted_batch_resumes_without_redoing_or_losing(tmp_path):
         assert (out / f.relative_to(reference)).read_text() == f.read_text()
 
 
+@pytest.mark.slow
 def test_stdout_is_data_only_for_every_command(tmp_path):
     p = sh(f"{LQAE} encode examples/photo-cat.png -f json")
     json.loads(p.stdout)
@@ -142,6 +150,7 @@ def test_stdout_is_data_only_for_every_command(tmp_path):
     assert p.stdout == b""
 
 
+@pytest.mark.slow
 def test_bad_inputs_one_line_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     p = sh(f"{LQAE} decode {tmp_path}/empty.txt -o {tmp_path}/x.png", check=False)

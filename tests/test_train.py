@@ -32,6 +32,7 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tmp_path):
     out = tmp_path / "run" / "model.safetensors"
     runner = CliRunner()
@@ -52,6 +53,7 @@ def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tm
     assert dec.exit_code == 0 and (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recon_loss,smooth_share", [("mse", 0.0), ("log_mse", 0.25)])
 def test_training_lowers_reconstruction_loss(folder, tiny_lm_dir, tmp_path, recon_loss, smooth_share):
     out = tmp_path / "model.safetensors"
@@ -78,6 +80,7 @@ def test_resume_continues_exactly(folder, tiny_lm_dir, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_end_identical(folder, tiny_lm_dir, tmp_path):
     out = tmp_path / "ddp.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lqae_cli",
@@ -100,6 +103,7 @@ def test_two_gloo_processes_end_identical(folder, tiny_lm_dir, tmp_path):
     assert card["training"]["batch_size"] == 16
 
 
+@pytest.mark.slow
 def test_decoder_phase_keeps_the_words_and_lowers_the_loss(folder, tiny_lm_dir, tmp_path):
     """--init CKPT --freeze-encoder: the encoder (and so every word) stays bit for bit, the decoder learns
     (here also reading one more LM layer, --decoder-lm-layers 2)."""

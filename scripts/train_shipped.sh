@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The nine training phases of weights/lqae-base.safetensors, in order (weights/TRAINING.md says why each).
+# Needs data/ from scripts/build_data.py (weights/README.md, "Data"). Every phase writes a resumable
+# checkpoint: after an interruption, run this script again; finished phases are skipped and the
+# interrupted one resumes exactly.
+# On the 2-core CPU of this project's machines the nine phases took 6.8 hours in all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs/shipped}
+D=${DATA_ROOT:-data}
+EXTRA=${EXTRA:-}                         # appended to every phase: a smoke run uses EXTRA="--steps 2 --batch-size 4 ..."
+DATA="$D/train $D/train/emoji"           # the emoji folder listed twice: 2x weight
+PHOTOS2="$DATA $D/train/photos"          # phases 6-9 weight the photo crops 2x as well
+COMMON="--batch-size 64 --warmup 50 --val $D/heldout/emoji --save-every 50"
+
+finished() {  # the checkpoint's training record says it reached its last step
+  python3 -c "import sys; from lqae_cli.checkpoint import read_card; t = read_card(sys.argv[1])['training']; sys.exit(t['step'] < t['steps'])" "$1"
+}
+
+phase() {  # phase N OUT ARGS...: run it, resume it, or skip it when finished
+  local n=$1 out=$2; shift 2
+  if [[ -f $out ]] && finished "$out"; then
+    echo "phase $n: finished ($out)" >&2
+    return
+  fi
+  echo "phase $n -> $out" >&2
+  lqae train "$@" $EXTRA --out "$out" $([[ -f $out ]] && echo --resume)
+}
+
+# 1: the whole model; the words are decided here (mask 0.25, MSE)
+phase 1 $RUNS/p1.safetensors $DATA --steps 1400 --batch-size 64 --lr 4e-4 --warmup 100 --mask-ratio 0.25 \
+  --val $D/heldout/emoji --val-every 100 --save-every 50
+# 2: the decoder alone on the phase-1 words, unmasked
+phase 2 $RUNS/p2.safetensors $DATA --init $RUNS/p1.safetensors --freeze-encoder --steps 2000 --batch-size 64 --lr 3e-4 \
+  --warmup 100 --mask-ratio 0 --seed 1 --val $D/heldout/emoji --val-every 200 --save-every 100
+# 3: the whole model again, per-image log-MSE
+phase 3 $RUNS/p3.safetensors $DATA --init $RUNS/p2.safetensors --recon-loss log_mse --steps 1000 --lr 2e-4 \
+  --mask-ratio 0.25 --seed 3 --val-every 250 $COMMON
+# 4: the decoder alone, a quarter of the images smoothed
+phase 4 $RUNS/p4.safetensors $DATA --init $RUNS/p3.safetensors --freeze-encoder --recon-loss log_mse --smooth-share 0.25 \
+  --steps 1500 --lr 2e-4 --mask-ratio 0 --seed 4 --val-every 250 $COMMON
+# 5: the decoder alone, reading all six LM layers (the new layers enter with zero weights)
+phase 5 $RUNS/p5.safetensors $DATA --init $RUNS/p4.safetensors --freeze-encoder --decoder-lm-layers 6 --recon-loss log_mse \
+  --smooth-share 0.25 --steps 2500 --lr 2e-4 --mask-ratio 0 --seed 7 --val-every 1000 $COMMON
+# 6, 7: the decoder alone, photo crops 2x
+phase 6 $RUNS/p6.safetensors $PHOTOS2 --init $RUNS/p5.safetensors --freeze-encoder --recon-loss log_mse --smooth-share 0.25 \
+  --steps 1500 --lr 1.5e-4 --mask-ratio 0 --seed 8 --val-every 500 $COMMON
+phase 7 $RUNS/p7.safetensors $PHOTOS2 --init $RUNS/p6.safetensors --freeze-encoder --recon-loss log_mse --smooth-share 0.25 \
+  --steps 1500 --lr 1e-4 --mask-ratio 0 --seed 9 --val-every 500 $COMMON
+# 8: the whole model with the six-layer decoder (about half the words change)
+phase 8 $RUNS/p8.safetensors $PHOTOS2 --init $RUNS/p7.safetensors --recon-loss log_mse --smooth-share 0.25 \
+  --steps 1000 --lr 1.5e-4 --mask-ratio 0.25 --seed 10 --val-every 250 $COMMON
+# 9: the decoder alone on the phase-8 words: the shipped checkpoint
+phase 9 $RUNS/lqae-base.safetensors $PHOTOS2 --init $RUNS/p8.safetensors --freeze-encoder --recon-loss log_mse \
+  --smooth-share 0.25 --steps 1200 --lr 2e-4 --mask-ratio 0 --seed 11 --val-every 400 $COMMON
+echo "done: $RUNS/lqae-base.safetensors (evaluate with: python scripts/evaluate_shipped.py --weights $RUNS/lqae-base.safetensors)" >&2
