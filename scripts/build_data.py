@@ -76,7 +76,10 @@ def load_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def build_photos(out: Path, size: int, train_crops: int, heldout_crops: int, seed: int) -> tuple[int, int]:
+def build_photos(out: Path, size: int, train_crops: int, heldout_crops: int, seed: int,
+                 heldout_only: bool = False) -> tuple[int, int]:
+    """Random square crops of every photo; `heldout_only` writes the held-out crops alone (the same ones:
+    the random draws for the training crops are made and discarded)."""
     rng = random.Random(seed)
     counts = [0, 0]
     for name, arr in sorted(load_photos().items()):
@@ -87,6 +90,8 @@ def build_photos(out: Path, size: int, train_crops: int, heldout_crops: int, see
         for i in range(heldout_crops if held else train_crops):
             side = rng.randint(size, max(size, min(w, h) // 2))
             x, y = rng.randint(0, w - side), rng.randint(0, h - side)
+            if heldout_only and not held:
+                continue
             crop = img.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
             dst = out / split / "photos" / name / f"{i:05d}.png"
             dst.parent.mkdir(parents=True, exist_ok=True)

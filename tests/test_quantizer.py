@@ -11,14 +11,31 @@ def quantizer(tiny_lm):
 
 
 def brute_force(q: WordQuantizer, u: torch.Tensor) -> torch.Tensor:
-    u = torch.nn.functional.normalize(u, dim=-1).double()  # the definition: fp32 unit vectors, float64 dot products
+    """The definition: fp32 unit vectors, float64 dot products, ties to the lower id."""
+    u = torch.nn.functional.normalize(u, dim=-1).double()
     scores = u @ q.match_codes.double().T
-    return q.allowed_ids[scores.argmax(-1)]
+    best = scores.max(-1, keepdim=True).values
+    rows = torch.where(scores == best, torch.arange(scores.shape[-1]), scores.shape[-1]).min(-1).values
+    return q.allowed_ids[rows]
 
 
-def test_exact_nearest_matches_brute_force(quantizer):
+@pytest.mark.parametrize("method", ["auto", "dense", "kdtree"])
+def test_exact_nearest_matches_brute_force(quantizer, method):
     u = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
+    assert torch.equal(quantizer.nearest_ids(u, method=method), brute_force(quantizer, u))
+
+
+def test_kdtree_and_dense_agree_on_exact_ties_and_borders(quantizer):
+    """Queries exactly between two codes, on a code, and halfway to a code's antipode: the tree cannot
+    tell such rows apart by distance, hands them to the dense pass, and both give the brute-force word."""
+    g = torch.Generator().manual_seed(5)
+    codes = quantizer.match_codes
+    a, b = torch.randint(len(codes), (300,), generator=g), torch.randint(len(codes), (300,), generator=g)
+    u = torch.cat([codes[a] + codes[b], codes[a], codes[a] - codes[b], torch.randn(3000, 8, generator=g)])
+    ref = brute_force(quantizer, u)
+    assert torch.equal(quantizer.nearest_ids(u, method="kdtree"), ref)
+    assert torch.equal(quantizer.nearest_ids(u, method="dense"), ref)
+    assert torch.equal(quantizer.nearest_ids(u), ref)  # 3,900 rows: "auto" takes the tree
 
 
 def test_near_ties_decided_exactly(quantizer):
@@ -45,9 +62,10 @@ def test_search_when_every_word_points_away(quantizer):
     quantizer.match_codes.copy_(cone)
     quantizer.build_search_codes()
     u = -axis + 0.3 * torch.randn(200, 8, generator=g)
-    assert torch.equal(quantizer.nearest_ids(u), brute_force(quantizer, u))
-    with pytest.raises(LQAEError, match="non-finite"):
-        quantizer.nearest_ids(torch.full((1, 8), float("nan")))
+    for method in ("dense", "kdtree"):
+        assert torch.equal(quantizer.nearest_ids(u, method=method), brute_force(quantizer, u))
+        with pytest.raises(LQAEError, match="non-finite"):
+            quantizer.nearest_ids(torch.full((1, 8), float("nan")), method=method)
 
 
 def test_nearest_independent_of_batch_and_chunk(quantizer):
@@ -65,7 +83,8 @@ def test_ties_go_to_lower_id(tiny_lm):
     emb[b] = emb[a]  # two words with identical embeddings
     q = WordQuantizer(emb, allowed, match_dim=8)
     code = q.match_codes[q.row_of_id[a]]
-    assert int(q.nearest_ids(code.unsqueeze(0))[0]) == min(a, b)
+    for method in ("dense", "kdtree"):
+        assert int(q.nearest_ids(code.unsqueeze(0), method=method)[0]) == min(a, b)
 
 
 def test_special_tokens_never_chosen(quantizer, tiny_lm):

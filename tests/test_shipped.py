@@ -37,18 +37,52 @@ def test_shipped_checkpoint_is_present_and_loads():
     assert info["training"]["steps"] > 0
 
 
-def test_shipped_search_is_exact_on_the_real_vocabulary():
-    """The bf16 candidate pass never loses the true nearest word among all 21,745 MiniLM words."""
+def brute_force_ids(q, u: torch.Tensor) -> torch.Tensor:
+    """The definition of the words: fp32 unit vectors, float64 dot products with every code, ties to the lower id."""
+    rows = []
+    for part in torch.nn.functional.normalize(u.reshape(-1, u.shape[-1]).float(), dim=-1).split(1024):
+        scores = part.double() @ q.match_codes.double().T
+        best = scores.max(-1, keepdim=True).values
+        rows.append(torch.where(scores == best, torch.arange(scores.shape[-1]), scores.shape[-1]).min(-1).values)
+    return q.allowed_ids[torch.cat(rows)]
+
+
+@pytest.mark.parametrize("method", ["dense", "kdtree"])
+def test_shipped_search_is_exact_on_the_real_vocabulary(method):
+    """Neither search loses the true nearest word among all 21,745 MiniLM words: vectors anywhere, near ties,
+    exact ties (halfway between two codes) and borders (a code's antipode)."""
     from lqae_cli.checkpoint import load_model
 
     q = load_model(SHIPPED).quantizer
     g = torch.Generator().manual_seed(0)
     codes = q.match_codes
     a, b = torch.randint(len(codes), (3000,), generator=g), torch.randint(len(codes), (3000,), generator=g)
-    u = torch.cat([torch.randn(3000, codes.shape[1], generator=g),                            # anywhere
-                   codes[a] + codes[b] + 1e-4 * torch.randn(3000, codes.shape[1], generator=g)])  # near ties
-    exact = q.allowed_ids[(torch.nn.functional.normalize(u, dim=-1).double() @ codes.double().T).argmax(-1)]  # fp32 unit vectors, float64 dot
-    assert torch.equal(q.nearest_ids(u), exact)
+    u = torch.cat([torch.randn(3000, codes.shape[1], generator=g),                                # anywhere
+                   codes[a] + codes[b] + 1e-4 * torch.randn(3000, codes.shape[1], generator=g),     # near ties
+                   codes[a[:500]] + codes[b[:500]], -codes[a[:500]]])                              # ties, borders
+    assert torch.equal(q.nearest_ids(u, method=method), brute_force_ids(q, u))
+
+
+@pytest.mark.slow
+def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
+    """Every patch of the 600 held-out photo crops (rebuilt exactly as scripts/build_data.py makes them):
+    the k-d tree and the dense pass give the brute-force word, and encode gives those words."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_data
+
+    from lqae_cli import load
+
+    build_data.build_photos(tmp_path, 64, 800, 200, 0, heldout_only=True)
+    files = sorted((tmp_path / "heldout" / "photos").rglob("*.png"))
+    assert len(files) == 600
+    tok = load(SHIPPED, "cpu")
+    x = torch.stack([tok.pixels(f) for f in files])
+    with torch.no_grad():
+        u = tok.model.quantizer.dithered(tok.model.encoder(x * 2 - 1))          # (600, 64, 8): 38,400 patches
+    ref = brute_force_ids(tok.model.quantizer, u)
+    for method in ("kdtree", "dense"):
+        assert torch.equal(tok.model.quantizer.nearest_ids(u, method=method).flatten(), ref)
+    assert torch.equal(tok.encode_pixels(x).flatten(), ref)
 
 
 @pytest.mark.slow
