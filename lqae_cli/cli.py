@@ -22,8 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 Format = Enum("Format", {f: f for f in ("text", "json", "jsonl", "ids")}, type=str)
 ReportFormat = Enum("ReportFormat", {f: f for f in ("text", "json")}, type=str)
-Precision = Enum("Precision", {p: p for p in ("fp32", "bf16")}, type=str)
-TrainPrecision = Enum("TrainPrecision", {p: p for p in ("auto", "fp32", "bf16")}, type=str)
+Precision = Enum("Precision", {p: p for p in ("auto", "fp32", "bf16")}, type=str)
 Preset = Enum("Preset", {p: p for p in PRESETS}, type=str)
 VocabRule = Enum("VocabRule", {r: r for r in VOCAB_RULES}, type=str)
 ReconLoss = Enum("ReconLoss", {r: r for r in RECON_LOSSES}, type=str)
@@ -92,7 +91,7 @@ def encode(
     batch_size: BatchSize = 64,
     workers: Workers = None,
     skip_existing: Annotated[bool, typer.Option(help="skip inputs whose output already exists")] = True,
-    precision: Annotated[Precision, typer.Option(help="fp32: the reference words, identical on every run and batch size; bf16: faster encoder where the CPU has native bf16, about 1 word in 80 differs")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help="fp32: the reference words, identical on every run and batch size; bf16: the encoder in bf16, about 1 word in 80 differs; auto: bf16 where it is native and faster here (lqae info says)")] = Precision.fp32,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Print images as a grid of words (one line per token row), or convert whole folders."""
@@ -122,6 +121,7 @@ def decode(
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file, '-' for stdout, or a folder")],
     batch_size: BatchSize = 64,
     skip_existing: Annotated[bool, typer.Option(help="skip outputs that already exist (folder output)")] = True,
+    precision: Annotated[Precision, typer.Option(help="auto: bf16 where it is native and faster here (lqae info says), else fp32")] = Precision.auto,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Turn words back into an image (through the language model, as in training)."""
@@ -134,7 +134,8 @@ def decode(
     jobs = read_token_inputs(tok, tokens, tally)
     dest = Destination.choose(output, many=Path(tokens).is_dir() or len(jobs) > 1)
     with interrupt_summary(tally), progress_for(console, len(jobs), "decode", not quiet) as (_, advance):
-        decode_all(tok, jobs, dest, batch_size=batch_size, skip_existing=skip_existing, advance=advance, tally=tally)
+        decode_all(tok, jobs, dest, batch_size=batch_size, skip_existing=skip_existing, precision=precision.value,
+                   advance=advance, tally=tally)
     finish(tally, console, dest)
 
 
@@ -156,6 +157,7 @@ def info(weights: Weights = None, fmt: Annotated[ReportFormat, typer.Option("--f
     print(f"geometry          {data['image_size']}x{data['image_size']} pixels, {g}x{g} = {data['tokens_per_image']} words per image")
     print(f"language model    {data['lm']} (fingerprint {data['lm_fingerprint']})")
     print(f"vocabulary        rule '{data['vocab_rule']}', {allowed if allowed is not None else '?'} allowed words")
+    print(f"precision auto    {data['auto_precision']}")
     n = cfg["decoder_lm_layers"]
     layers = "the LM's last layer" if n == 1 else f"the LM's last {n} layers"
     print(f"model             encoder {cfg['enc_depth']}x{cfg['enc_width']}, decoder {cfg['dec_depth']}x{cfg['dec_width']} reading {layers}, "
@@ -186,7 +188,7 @@ def train(
     vocab_rule: Annotated[VocabRule, typer.Option(help="allowed words: whole a-z words, or all non-special tokens")] = VocabRule(TRAIN.vocab_rule),
     seed: Annotated[int, typer.Option(help="random seed")] = TRAIN.seed,
     device: Device = None,
-    precision: Annotated[TrainPrecision, typer.Option(help="auto: bf16 autocast where the hardware has it")] = TrainPrecision(TRAIN.precision),
+    precision: Annotated[Precision, typer.Option(help="auto: bf16 autocast where it is native and faster here")] = Precision(TRAIN.precision),
     workers: Annotated[int, typer.Option(min=0, help="image-loading worker processes")] = TRAIN.workers,
     val: Annotated[Optional[Path], typer.Option(help="folder of validation images")] = None,
     val_every: Annotated[int, typer.Option(min=1, help="validate every N steps (with --val)")] = TRAIN.val_every,

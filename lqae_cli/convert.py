@@ -377,7 +377,7 @@ def png_bytes(arr) -> bytes:
 
 
 def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int = 64, skip_existing: bool = True,
-               advance: Advance | None = None, tally: Tally | None = None) -> Tally:
+               precision: str = "auto", advance: Advance | None = None, tally: Tally | None = None) -> Tally:
     """Decode token jobs with tokenizer `tok` into `dest` (stdout, one PNG file, or a folder of PNGs)."""
     tally = tally if tally is not None else Tally()
     if dest.kind == "jsonl":
@@ -404,7 +404,7 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         ids = torch.tensor([j.grid.ids for j in chunk], dtype=torch.long)
-        for job, arr in zip(chunk, to_uint8(tok.decode_ids(ids))):
+        for job, arr in zip(chunk, to_uint8(tok.decode_ids(ids, precision))):
             if job.out is not None:
                 write_output(tally, job.name, job.out, png_bytes(arr))
                 continue

@@ -23,7 +23,7 @@ largest float64 dot product with the fp32 unit query, ties to the lower id. Two 
 - Dense (GPUs, and small batches on CPUs): one fp32 product with bf16-rounded codes scores every
   word within a proven bound (SCORE_ERROR) of its true score; the few words that can still win are
   re-scored in float64. It needs no bf16 hardware.
-- A k-d tree (large batches on CPUs, `scipy.spatial.cKDTree`, the standard compiled exact tree): with
+- A k-d tree (CPUs, `scipy.spatial.cKDTree`, the standard compiled exact tree): with
   8 dimensions and 21,745 codes, scoring every word is the wrong algorithm, since a (4,096 x 8) @
   (8 x 21,745) product is bound by writing its 89 million scores, and where bf16 is emulated (AVX2
   CPUs) it was the largest part of encoding. The tree finds each query's two nearest codes by exact
@@ -32,8 +32,11 @@ largest float64 dot product with the fp32 unit query, ties to the lower id. Two 
   closer in d^2 than the spread of the codes' |x|^2 (about 1e-7); such rows (ties, borders) are
   decided by the dense path. The result is the same word either way.
 
-Clustering with bound pruning was tried too: the candidate words shrink 10-30x, but gathering them
-with tensor indexing cost more than the dense product it replaced.
+Which is faster depends on the CPU (the dense product is fast with AVX-512, slow where only AVX2 is
+there), so on a CPU the first large batch is searched both ways, timed, and the faster way is kept
+for the rest of the process; the words are the same either way. Clustering the codes with bound
+pruning was tried too: it scores 10-30x fewer words, but gathering them with tensor indexing cost
+more than the dense product it replaced.
 """
 from __future__ import annotations
 
@@ -55,8 +58,9 @@ class QuantizerOutput:
     decorrelation_loss: torch.Tensor  # scalar: off-diagonal covariance of the batch's vectors
 
 
-KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) use the k-d tree; fewer use the dense
-                           # pass, which needs no scipy import (a one-image encode starts faster)
+KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) may use the k-d tree; fewer always use
+                           # the dense pass, which needs no scipy import (a one-image encode starts faster)
+DENSE_CHUNK = 256          # rows per dense product: its (256 x 21,745) scores stay in cache
 SCORE_BLOCK = 512          # words per block in the candidate search (the block maxima are a reduction over
                            # contiguous bf16 scores: 512 per block took 1.8 ms per 512 rows here, 64 per block 5.8 ms)
 SCORE_ERROR = 2.0 ** -7    # bound on |bf16 score - exact score| for unit vectors (2^-8 + 2^-9, rounded up)
@@ -91,6 +95,7 @@ class WordQuantizer(nn.Module):
         self.register_buffer("position_dither", dither)
         self._tree = None      # the k-d tree over match_codes, built on first use
         self._norm_spread = 0.0
+        self.cpu_search: str | None = None  # "dense" or "kdtree": the faster on this CPU, timed on the first large batch
         if fit:  # a checkpoint load brings the fitted space instead
             self.fit_matching_space()
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_codes())
@@ -128,29 +133,52 @@ class WordQuantizer(nn.Module):
         return len(self.allowed_ids)
 
     @torch.no_grad()
-    def nearest_ids(self, u: torch.Tensor, chunk: int = 512, method: str = "auto") -> torch.Tensor:
+    def nearest_ids(self, u: torch.Tensor, chunk: int = DENSE_CHUNK, method: str = "auto") -> torch.Tensor:
         """Exact cosine nearest allowed word for each vector u (..., k) -> vocabulary ids (...).
 
         The same ids whatever the batch size, chunking, method or device (see the module docstring):
         the word with the largest float64 dot product with the fp32 unit vector, ties to the lower id.
-        method: "auto" (the k-d tree for CPU batches of KDTREE_MIN_ROWS vectors or more, else
-        dense), "dense" or "kdtree". A non-finite vector raises LQAEError.
+        method: "auto" (dense on GPUs and for small CPU batches; for CPU batches of KDTREE_MIN_ROWS
+        vectors or more, whichever of the two was faster on the first such batch), "dense" or
+        "kdtree". A non-finite vector raises LQAEError.
         """
         shape = u.shape[:-1]
         flat = F.normalize(u.reshape(-1, u.shape[-1]).float(), dim=-1)
         if not bool(torch.isfinite(flat).all()):
             raise LQAEError("cannot match a non-finite vector to a word")
         if method == "auto":
-            method = "kdtree" if flat.device.type == "cpu" and flat.shape[0] >= KDTREE_MIN_ROWS else "dense"
+            if flat.device.type != "cpu" or flat.shape[0] < KDTREE_MIN_ROWS:
+                method = "dense"
+            elif self.cpu_search is None:
+                return self.allowed_ids[self._time_both(flat, chunk)].reshape(shape)
+            else:
+                method = self.cpu_search
         if method == "kdtree":
             rows = self._nearest_rows_kdtree(flat)
         elif method == "dense":
-            rows = torch.empty(flat.shape[0], dtype=torch.long, device=u.device)
-            for start in range(0, flat.shape[0], chunk):
-                rows[start:start + chunk] = self._nearest_rows(flat[start:start + chunk], bf16=False)
+            rows = self._nearest_rows_dense(flat, chunk)
         else:
             raise ValueError(f"unknown search method '{method}'")
         return self.allowed_ids[rows].reshape(shape)
+
+    def _nearest_rows_dense(self, flat: torch.Tensor, chunk: int) -> torch.Tensor:
+        rows = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        for start in range(0, flat.shape[0], chunk):
+            rows[start:start + chunk] = self._nearest_rows(flat[start:start + chunk])
+        return rows
+
+    def _time_both(self, flat: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Search one batch both ways, keep the faster way in `cpu_search`; the rows are the same."""
+        import time
+
+        self._nearest_rows_kdtree(flat[:64])  # build the tree (and import scipy) outside the timing
+        t0 = time.perf_counter()
+        rows = self._nearest_rows_kdtree(flat)
+        t1 = time.perf_counter()
+        self._nearest_rows_dense(flat, chunk)
+        t2 = time.perf_counter()
+        self.cpu_search = "kdtree" if t1 - t0 < t2 - t1 else "dense"
+        return rows
 
     def _nearest_rows_kdtree(self, part: torch.Tensor) -> torch.Tensor:
         """(n, k) fp32 unit vectors on the CPU -> codebook rows of their nearest words (n,)."""

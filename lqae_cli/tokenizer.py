@@ -26,7 +26,6 @@ from .tokens import FORMATS, WordGrid, format_grid, parse_tokens
 
 WEIGHTS_ENV, DEVICE_ENV = "LQAE_WEIGHTS", "LQAE_DEVICE"
 DEFAULT_NAME = "lqae-base"
-PRECISIONS = ("fp32", "bf16")
 
 if TYPE_CHECKING:
     import numpy
@@ -114,7 +113,10 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
         allowed = len(LanguageModel.load(cfg.lm_name).allowed_ids(cfg.vocab_rule))
     except LMError:
         allowed = None
-    return {"checkpoint": str(path), "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+    from .precision import explain
+
+    return {"checkpoint": str(path), "auto_precision": explain(resolve_device(None)),
+            "image_size": cfg.image_size, "patch_size": cfg.patch_size,
             "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,
             "lm_fingerprint": cfg.lm_fingerprint, "vocab_rule": cfg.vocab_rule, "allowed_vocabulary": allowed,
             "config": asdict(cfg), "training": card["training"], "metrics": card["metrics"]}
@@ -239,19 +241,27 @@ class Tokenizer:
         raise ImageError(f"cannot read an image from a {type(image).__name__} (give a path, bytes, a PIL image, "
                          "an HWC uint8 array or a CHW tensor)")
 
-    @torch.no_grad()
+    @property
+    def auto_precision(self) -> str:
+        """What precision "auto" means on this tokenizer's device: "bf16" only where it is native and
+        measured faster than fp32 (`lqae_cli.precision`), else "fp32"."""
+        from .precision import auto_precision
+
+        return auto_precision(self.device)
+
     def encode_pixels(self, pixels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1] -> (B, grid, grid) int64 vocabulary ids, on the model's device.
         precision "fp32" gives the reference words (the same on every run and batch size); "bf16" runs the
-        encoder in bf16 (faster only where the hardware has native bf16; a few words differ)."""
-        from .errors import ConfigError
+        encoder in bf16 (faster only where the hardware has native bf16; about 1 word in 80 differs);
+        "auto" is bf16 where that is native and faster here, else fp32."""
+        from .precision import resolve
 
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision '{precision}' (choose {' or '.join(PRECISIONS)})")
+        precision = resolve(precision, self.device)
         S = self.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S):
             raise ImageError(f"expected pixels of shape (B, 3, {S}, {S}), got {tuple(pixels.shape)}")
-        return self.model.encode(pixels.to(self.device, torch.float32), precision)
+        with torch.inference_mode():
+            return self.model.encode(pixels.to(self.device, torch.float32), precision)
 
     def encode(self, images: ImageLike | Sequence[ImageLike], *, precision: str = "fp32",
                batch_size: int = 64) -> WordGrid | list[WordGrid]:
@@ -261,7 +271,7 @@ class Tokenizer:
             images: one image or a list of them: a path, bytes of an image file, a PIL image, a numpy array
                 (H, W, 3) / (H, W) uint8 (or float in [0, 1]), a tensor (3, H, W) float in [0, 1] or uint8;
                 a 4-D array (B, H, W, 3) or tensor (B, 3, H, W) is a batch. Any size: resized to the model's.
-            precision: "fp32" (the reference words) or "bf16" (see `encode_pixels`).
+            precision: "fp32" (the reference words), "bf16" or "auto" (see `encode_pixels`).
             batch_size: images per model call.
         Returns:
             One `WordGrid` for one image, a list for a list (or a 4-D batch), in order.
@@ -279,22 +289,28 @@ class Tokenizer:
         return grids[0] if single else grids
 
     # --- decode -----------------------------------------------------------------
-    @torch.no_grad()
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+    def decode_ids(self, ids: torch.Tensor, precision: str = "auto") -> torch.Tensor:
         """(B, grid, grid) integer ids -> (B, 3, S, S) float images in [0, 1], on the model's device.
-        Runs the frozen language model (loaded on first use) and the decoder."""
+        Runs the frozen language model (loaded on first use) and the decoder; precision "auto" runs
+        them in bf16 where that is native and faster here (the model card gives its cost in PSNR),
+        "fp32" or "bf16" as asked."""
+        from .precision import resolve
+
         g = self.grid_size
         if ids.ndim != 3 or tuple(ids.shape[1:]) != (g, g):
             raise TokenError(f"expected ids of shape (B, {g}, {g}), got {tuple(ids.shape)}")
-        return self.model.decode(ids.to(self.device, torch.long))
+        bf16 = resolve(precision, self.device) == "bf16"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.model.decode(ids.to(self.device, torch.long)).float()
 
-    def decode(self, grids, *, batch_size: int = 64) -> Image.Image | list[Image.Image]:
+    def decode(self, grids, *, batch_size: int = 64, precision: str = "auto") -> Image.Image | list[Image.Image]:
         """Word grids -> RGB PIL images of the checkpoint's size.
 
         Args:
             grids: one grid or a list of them. A grid is a `WordGrid`, a (grid, grid) nested list of ids or
                 of words, a flat list of grid*grid ids or words, token text (any format; one image), or an
                 integer tensor / array (grid, grid); a 3-D tensor (B, grid, grid) is a batch.
+            precision: "auto" (bf16 where native and faster here, else fp32), "fp32" or "bf16".
         Returns:
             One image for one grid, a list for a list (or a 3-D batch), in order.
         Raises:
@@ -304,7 +320,7 @@ class Tokenizer:
         images: list[Image.Image] = []
         for start in range(0, len(grids_ids), batch_size):
             ids = torch.tensor([g.ids for g in grids_ids[start:start + batch_size]], dtype=torch.long)
-            images += [Image.fromarray(a) for a in to_uint8(self.decode_ids(ids))]
+            images += [Image.fromarray(a) for a in to_uint8(self.decode_ids(ids, precision))]
         return images[0] if single else images
 
     def _as_grids(self, x) -> tuple[list[WordGrid], bool]:

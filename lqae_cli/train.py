@@ -29,16 +29,11 @@ from .tokenizer import resolve_device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = fp32; bf16 where the hardware has it (AVX-512 BF16 / AMX on CPU, Ampere+ on CUDA)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") else None
-    return None
+    """The autocast dtype for training: None = fp32; "auto" is bf16 only where it is native and
+    measured faster on this device (precision.auto_precision)."""
+    from .precision import resolve
+
+    return torch.bfloat16 if resolve(precision, device) == "bf16" else None
 
 
 class EpochSampler(torch.utils.data.Sampler):

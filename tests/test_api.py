@@ -210,3 +210,26 @@ def test_crafted_checkpoint_on_the_command_line_is_one_line(tmp_path, tiny_ckpt)
 def test_no_private_api_of_other_packages():
     for module in (ROOT / "lqae_cli").glob("*.py"):
         assert "typer._" not in module.read_text(), module.name
+
+
+def test_auto_precision_is_bf16_only_where_native_and_faster(monkeypatch):
+    from lqae_cli import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision.resolve("auto", cpu) == "fp32" and "no native bf16" in precision.explain(cpu)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device: 0.4)  # emulated-like: slower
+    assert precision.resolve("auto", cpu) == "fp32"
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device: 2.0)
+    assert precision.resolve("auto", cpu) == "bf16" and precision.resolve("fp32", cpu) == "fp32"
+    with pytest.raises(lqae.ConfigError, match="fp16"):
+        precision.resolve("fp16", cpu)
+
+
+def test_bf16_decode_is_close_to_fp32(tok, photo):
+    grid = tok.encode(photo)
+    a = np.asarray(tok.decode(grid, precision="fp32"), dtype=np.float64)
+    b = np.asarray(tok.decode(grid, precision="bf16"), dtype=np.float64)
+    assert 10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-10)) > 30
+    assert tok.auto_precision in ("fp32", "bf16")

@@ -1,0 +1,91 @@
+"""Which precision the hardware runs fastest: bf16 only where it is native *and* measured faster.
+
+CPUs differ: with AVX-512 BF16 or AMX a bf16 matrix product can be several times faster than fp32;
+with AVX2 only, bf16 is emulated and several times slower; and even some CPUs that list
+`avx512_bf16` run this model's products slower in bf16 than in fp32. So "auto" asks two things:
+does the device have native bf16 (CPU flags `avx512_bf16`/`amx_bf16`, or a CUDA device that supports
+it), and is a bf16 product of the model's shapes at least BF16_MIN_SPEEDUP faster than fp32 there,
+timed once per process (a few milliseconds)? Only then is it bf16.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+PRECISIONS = ("fp32", "bf16")
+CHOICES = ("auto", *PRECISIONS)
+BF16_MIN_SPEEDUP = 1.15
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 in hardware (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capability = str(torch.backends.cpu.get_cpu_capability())
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or "BF16" in capability or "AMX" in capability
+    return False
+
+
+def _matmul_seconds(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    a = torch.randn(4096, 256, device=device, dtype=dtype)  # an encoder batch of 64 images by a 256-wide layer
+    b = torch.randn(256, 1024, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_speedup(device: torch.device) -> float:
+    """fp32 time / bf16 time of a product of the model's shapes on this device (measured once)."""
+    return _matmul_seconds(torch.float32, device) / _matmul_seconds(torch.bfloat16, device)
+
+
+def auto_precision(device: torch.device) -> str:
+    """"bf16" where it is native and at least BF16_MIN_SPEEDUP faster than fp32 here, else "fp32"."""
+    if not native_bf16(device):
+        return "fp32"
+    return "bf16" if bf16_speedup(device) >= BF16_MIN_SPEEDUP else "fp32"
+
+
+def explain(device: torch.device) -> str:
+    """One line for `lqae info`: what auto picks here, and why."""
+    if not native_bf16(device):
+        return f"fp32 ({device.type}: no native bf16)"
+    speedup = bf16_speedup(device)
+    pick = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    return f"{pick} ({device.type}: native bf16, measured {speedup:.2f}x fp32's speed; bf16 needs {BF16_MIN_SPEEDUP}x)"
+
+
+def resolve(precision: str, device: torch.device) -> str:
+    """"auto" -> this device's choice; "fp32"/"bf16" as given; anything else raises ConfigError."""
+    from .errors import ConfigError
+
+    if precision == "auto":
+        return auto_precision(device)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(CHOICES)})")
+    return precision
