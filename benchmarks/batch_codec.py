@@ -1,5 +1,6 @@
-"""Batch encode (folder of images -> token files) and batch decode (token files -> PNGs), images/s,
-plus peak memory of encoding a larger folder. Uses real subprocesses of the CLI, as a user would.
+"""Batch encode (folder of images -> token files) and batch decode (token files -> PNGs): images/s end to end
+(real CLI subprocesses, process start included), each as a share of what this machine's measured matmul rate
+allows; where encode time goes (in-process); peak memory of a larger folder.
 
     python benchmarks/batch_codec.py [--images 2000] [--repeats 3] [--memory-images 10000] [--source data/heldout]
 """
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, matmul_rate  # noqa: E402
+from common import header  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,24 +52,83 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+def flops_per_image(tok) -> tuple[float, float, float]:
+    """(encoder, word search as dense scoring, decoder + LM) multiply-adds x 2 per image: the linear layers'
+    parameters times the tokens they see (attention's own products are small at 64 tokens)."""
+    model, T = tok.model, tok.config.num_tokens
+    enc = 2 * sum(p.numel() for p in model.encoder.parameters()) * T
+    search = 2 * T * model.quantizer.num_allowed * tok.config.match_dim
+    lm_params = sum(p.numel() for n, p in model.lm.transformer.named_parameters() if "embeddings" not in n)
+    dec = 2 * (sum(p.numel() for p in model.decoder.parameters()) + lm_params) * (T + 2)
+    return enc, search, dec
+
+
+def where_encode_time_goes(tok, folder: Path, batch_size: int = 64) -> dict[str, float]:
+    """In-process, steady state (the model loaded first): seconds spent reading PNGs, in the encoder, in the
+    word search and formatting/writing token files, for every image of the folder."""
+    import torch
+
+    from lqae_cli.convert import Destination, encode_all, gather_sources
+    from lqae_cli.data import list_images, load_image
+
+    files = list_images(folder)
+    t0 = time.perf_counter()
+    x = torch.stack([load_image(f, tok.image_size) for f in files])
+    t1 = time.perf_counter()
+    enc = search = 0.0
+    q = tok.model.quantizer
+    tok.encode_pixels(x[:batch_size])  # warm-up (and the CPU's dense-or-tree choice)
+    with torch.inference_mode():
+        for part in x.split(batch_size):
+            a = time.perf_counter()
+            u = q.dithered(tok.model.encoder(part * 2 - 1))
+            b = time.perf_counter()
+            q.nearest_ids(u)
+            enc, search = enc + b - a, search + time.perf_counter() - b
+    with tempfile.TemporaryDirectory() as out:
+        sources, _, _ = gather_sources([str(folder)])
+        t2 = time.perf_counter()
+        encode_all(tok, sources, Destination("folder", Path(out)), "text", batch_size=batch_size)
+        total = time.perf_counter() - t2
+    return {"images": len(files), "read": t1 - t0, "encoder": enc, "search": search, "end_to_end": total,
+            "search_method": q.cpu_search or "dense"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--memory-images", type=int, default=10000)
+    ap.add_argument("--memory-images", type=int, default=10000, help="also encode this many (peak memory, rate); 0 skips")
     ap.add_argument("--source", type=Path, default=ROOT / "data" / "heldout")
     ap.add_argument("--workers", type=int, default=None, help="passed to the CLI; default: the CLI's own default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    header("batch encode / decode")
+    rates = header("batch encode / decode")
+    fp32_rate = rates["fp32"] * 1e9
+    from lqae_cli import load
+
+    tok = load(None, a.device)
+    enc_f, search_f, dec_f = flops_per_image(tok)
+    enc_limit = fp32_rate / enc_f
+    print(f"work    encoder {enc_f / 1e6:.0f} MFLOP/image (its FLOP-bound rate at fp32 here: {enc_limit:.0f} images/s); "
+          f"dense word search {search_f / 1e6:.0f} MFLOP/image; decode (LM + decoder) {dec_f / 1e6:.0f} MFLOP/image "
+          f"(FLOP-bound: {fp32_rate / dec_f:.0f} images/s)")
     lqae = [sys.executable, "-m", "lqae_cli"]
     workers = ["--workers", str(a.workers)] if a.workers is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_folder(tmp / "imgs", a.images, a.source)
-        # fp32 (the default) and bf16 encodes alternate, so both see the same machine state
-        runs: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        for r in range(a.repeats):
+        # steady state and where the time goes, in-process
+        w = where_encode_time_goes(tok, tmp / "imgs")
+        n = w["images"]
+        print(f"inside  {n} images in-process, model loaded: read {w['read']:.2f} s, encoder {w['encoder']:.2f} s "
+              f"({n / w['encoder']:.0f} images/s = {n / w['encoder'] / enc_limit:.0%} of its FLOP-bound rate), word search "
+              f"{w['search']:.2f} s ({w['search_method']}, {w['search'] / (w['encoder'] + w['search']):.1%} of encoder + search); "
+              f"steady-state encode (read, encode, write) {n / w['end_to_end']:.0f} images/s = {n / w['end_to_end'] / enc_limit:.0%} "
+              f"of the encoder's FLOP-bound rate")
+        # end to end, as a user runs it: fp32 (the default), auto and bf16 alternate so they see the same machine
+        runs: dict[str, list[float]] = {"fp32": [], "auto": [], "bf16": []}
+        for _ in range(a.repeats):
             for prec in runs:
                 out = tmp / f"tokens-{prec}"
                 shutil.rmtree(out, ignore_errors=True)
@@ -80,37 +140,29 @@ def main() -> None:
         for f in (tmp / "tokens-fp32").rglob("*.txt"):
             ref, fast = f.read_text().split(), (tmp / "tokens-bf16" / f.relative_to(tmp / "tokens-fp32")).read_text().split()
             same, total = same + sum(x == y for x, y in zip(ref, fast)), total + len(ref)
-        enc_s = statistics.median(runs["fp32"])
-        dec_s, dec_mb = timed(lqae + ["decode", str(tmp / "tokens-fp32"), "-o", str(tmp / "pngs"), "--quiet", "--device", a.device])
-        n_png = len(list((tmp / "pngs").rglob("*.png")))
         for prec, walls in runs.items():
             med = statistics.median(walls)
-            print(f"encode  {prec}: {n_tok} images in {med:.1f} s = {n_tok / med:.0f} images/s (floor 150), median of "
-                  f"{len(walls)} runs ({', '.join(f'{n_tok / w:.0f}' for w in walls)}), process start included")
-        print(f"encode  bf16/fp32 speed ratio {statistics.median(runs['fp32']) / statistics.median(runs['bf16']):.2f}x; "
+            print(f"encode  --precision {prec}: {n_tok} images, median {med:.1f} s = {n_tok / med:.0f} images/s "
+                  f"({', '.join(f'{n_tok / w:.0f}' for w in walls)}) = {n_tok / med / enc_limit:.0%} of the encoder's FLOP-bound "
+                  f"rate, process start included")
+        print(f"encode  bf16 runs at {statistics.median(runs['fp32']) / statistics.median(runs['bf16']):.2f}x the fp32 speed; "
               f"{same / total:.2%} of bf16 words equal the fp32 words")
-        print(f"decode  {n_png} images in {dec_s:.1f} s = {n_png / dec_s:.0f} images/s (floor 40), process start included")
-        # FLOP share: encoder + search per image against the measured fp32 matmul rate
-        sys.path.insert(0, str(ROOT))
-        from lqae_cli import load
-
-        model = load(None, "cpu").model
-        enc_flops = 2 * sum(p.numel() for p in model.encoder.parameters()) * model.cfg.num_tokens
-        search_flops = 2 * model.cfg.num_tokens * model.quantizer.num_allowed * model.cfg.match_dim
-        lm_params = sum(p.numel() for n, p in model.lm.transformer.named_parameters() if "embeddings" not in n)
-        dec_flops = 2 * (sum(p.numel() for p in model.decoder.parameters()) + lm_params) * (model.cfg.num_tokens + 2)
-        rate = matmul_rate("float32")
-        print(f"matmul  {rate:.0f} GFLOP/s fp32 measured in this run")
-        print(f"encode  {(enc_flops + search_flops) / 1e6:.0f} MFLOP/image -> {(enc_flops + search_flops) * n_tok / enc_s / 1e9 / rate:.1%} of that rate")
-        print(f"decode  {dec_flops / 1e6:.0f} MFLOP/image (LM + decoder, patch-linear part) -> {dec_flops * n_png / dec_s / 1e9 / rate:.1%} of that rate")
-        del model
-        # memory: a folder 5x larger; the peak must not grow with the number of images
+        dec = {}
+        for prec in ("auto", "fp32", "bf16"):
+            dec[prec], _ = timed(lqae + ["decode", str(tmp / "tokens-fp32"), "-o", str(tmp / f"pngs-{prec}"), "--quiet",
+                                        "--device", a.device, "--precision", prec])
+        n_png = len(list((tmp / "pngs-auto").rglob("*.png")))
+        for prec, s in dec.items():
+            print(f"decode  --precision {prec}: {n_png} images in {s:.1f} s = {n_png / s:.0f} images/s = "
+                  f"{n_png * dec_f / s / fp32_rate:.0%} of the fp32 matmul rate, process start included")
         if a.memory_images:
             make_folder(tmp / "big", a.memory_images, a.source)
             small_s, small_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "t2"), "--quiet", *workers])
             big_s, big_mb = timed(lqae + ["encode", str(tmp / "big"), "-o", str(tmp / "t3"), "--quiet", *workers])
-            print(f"memory  encode peak RSS {small_mb:.0f} MiB for {a.images} images, {big_mb:.0f} MiB for {a.memory_images} images "
-                  f"(main process; floor 1024 MiB, not growing); {a.memory_images / big_s:.0f} images/s")
+            print(f"memory  encode peak RSS {small_mb:.0f} MiB for {a.images} images, {big_mb:.0f} MiB for {a.memory_images} "
+                  f"images (floor 1024 MiB, flat)")
+            print(f"encode  {a.memory_images} images end to end: {big_s:.1f} s = {a.memory_images / big_s:.0f} images/s = "
+                  f"{a.memory_images / big_s / enc_limit:.0%} of the encoder's FLOP-bound rate, process start included")
 
 
 if __name__ == "__main__":

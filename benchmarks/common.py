@@ -7,6 +7,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def machine() -> str:
@@ -51,7 +54,28 @@ def peak_rss_mb(pid_usage) -> float:
     return pid_usage.ru_maxrss / 1024
 
 
-def header(title: str) -> None:
+def limits() -> dict[str, float]:
+    """The hardware's limits measured in this run: the fp32 matmul rate, and the bf16 one where bf16 is native."""
+    import torch
+
+    from lqae_cli.precision import native_bf16
+
+    rates = {"fp32": matmul_rate("float32")}
+    if native_bf16(torch.device("cpu")):
+        rates["bf16"] = matmul_rate("bfloat16")
+    return rates
+
+
+def header(title: str) -> dict[str, float]:
+    """Print what the figures below ran on (CPU kind, cores, capability, matmul rates); returns the rates."""
+    import torch
+
+    from lqae_cli.precision import explain
+
     print(f"# {title}")
     print(f"machine: {machine()}")
+    rates = limits()
+    print("matmul: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()) + " measured in this run (1024^3 products); "
+          f"precision auto here: {explain(torch.device('cpu'))}")
     sys.stdout.flush()
+    return rates

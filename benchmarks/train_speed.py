@@ -21,7 +21,7 @@ def main() -> None:
     from lqae_cli.config import preset
     from lqae_cli.lm import LanguageModel
     from lqae_cli.model import LQAE
-    from lqae_cli.train import resolve_precision  # noqa: F401
+    from lqae_cli.train import resolve_precision
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
