@@ -1,13 +1,15 @@
 """Checkpoints: one .safetensors file of trained tensors, the config and records as JSON metadata.
 
 No pickle anywhere. Writes are atomic (temporary name in the same folder, then rename).
-A checkpoint is untrusted input: loading validates its config (types and ranges, `LQAEConfig`)
-and checks every tensor's name, shape and dtype in the file's header against the model that
-config describes (built on the meta device, so nothing is allocated) before reading any tensor.
+A checkpoint is untrusted input: loading validates its config (types and ranges, `LQAEConfig`),
+checks from the file's header alone that its tensors hold exactly as many numbers as that config's
+model (`model.state_size`), so a model is only built when it is no larger than the file, then checks
+every tensor's name, shape and dtype against that model before reading any tensor.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -133,6 +135,8 @@ def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel
     Raises CheckpointError (one line) for a file that is not a safetensors lqae checkpoint, a config
     out of range, a language model that is missing or differs from the one it was trained with, or
     tensors whose names, shapes or dtypes do not match the config; nothing large is allocated first."""
+    from .model import state_size
+
     state: dict = {}
 
     def check(header: dict[str, tuple[str, tuple]], meta: dict[str, str]) -> None:
@@ -145,8 +149,12 @@ def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel
         if cfg.lm_fingerprint and model_lm.fingerprint != cfg.lm_fingerprint:
             raise CheckpointError(f"{path} was trained with LM fingerprint {cfg.lm_fingerprint}, but '{cfg.lm_name}' here "
                                   f"has fingerprint {model_lm.fingerprint}: use the same language model")
-        with torch.device("meta"):
-            expected = {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in _build(cfg, model_lm, path).state_dict().items()}
+        held = sum(math.prod(shape) for _, shape in header.values())
+        if held != state_size(cfg, model_lm.hidden_size):
+            raise CheckpointError(f"{path} does not match its config: its tensors hold {held:,} numbers, the config's model "
+                                  f"{state_size(cfg, model_lm.hidden_size):,}")
+        model = _build(cfg, model_lm, path)
+        expected = {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in model.state_dict().items()}
         missing, unexpected = expected.keys() - header.keys(), header.keys() - expected.keys()
         if missing or unexpected:
             raise CheckpointError(f"{path} does not match its config: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
@@ -157,10 +165,10 @@ def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel
                                       f"the config makes {list(want)}")
             if (dtype in ("F32", "F16", "BF16", "F64")) != floating or dtype in ("BOOL", "F8_E4M3", "F8_E5M2"):
                 raise CheckpointError(f"{path}: tensor {k} has dtype {dtype}, expected {'a float' if floating else 'an integer'} type")
-        state.update(card=card, lm=model_lm)
+        state.update(card=card, model=model)
 
     tensors, _ = _read(path, check)
-    model = _build(state["card"]["config"], state["lm"], path)
+    model = state["model"]
     model.load_state_dict(tensors, strict=True)
     model.card = state["card"]
     return model.to(device).eval()

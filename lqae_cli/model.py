@@ -120,6 +120,20 @@ class Decoder(nn.Module):
         return img + self.refine(img) if self.refine is not None else img
 
 
+def state_size(cfg: LQAEConfig, lm_hidden: int) -> int:
+    """How many numbers the state dict of LQAE(cfg) holds (weights and saved buffers), from the config
+    alone: a checkpoint's tensors are checked against it before a model of the config's size is built."""
+    p, T, k = cfg.patch_size, cfg.num_tokens, cfg.match_dim
+    block = lambda w: 12 * w * w + 13 * w  # two LayerNorms, qkv, proj, a 4x MLP
+    ew, dw, c = cfg.enc_width, cfg.dec_width, cfg.refine_channels
+    encoder = (3 * p * p + 1) * ew + T * ew + cfg.enc_depth * block(ew) + 2 * ew + (ew + 1) * k + 2 * k + 1
+    refine = (27 * c + c) + (9 * c * c + c) + (27 * c + 3) if c else 0
+    decoder = ((lm_hidden * cfg.decoder_lm_layers + 1) * dw + T * dw + cfg.dec_depth * block(dw) + 2 * dw
+               + (dw + 1) * 3 * p * p + refine)
+    quantizer = lm_hidden + 2 * lm_hidden * k + T * k
+    return encoder + decoder + quantizer
+
+
 class LQAE(nn.Module):
     def __init__(self, cfg: LQAEConfig, lm: LanguageModel, fit_matching: bool = True):
         super().__init__()

@@ -183,14 +183,19 @@ def test_tensor_shapes_are_checked_against_the_config_before_loading(tmp_path, t
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
+    built = []
     monkeypatch.setattr("safetensors.safe_open", Spy)
-    with pytest.raises(CheckpointError, match="shape"):
+    monkeypatch.setattr("lqae_cli.checkpoint._build", lambda *a: built.append(a))
+    with pytest.raises(CheckpointError, match=r"its tensors hold [\d,]+ numbers, the config's model [\d,]+"):
         lqae.load(wide)
-    assert read == []  # no tensor of the checkpoint was read: nothing of the config's size was allocated
+    assert read == [] and built == []  # no tensor read, no model of the config's size built
     monkeypatch.undo()
     shrunk = crafted(tmp_path, tiny_ckpt, "shrunk", tensor_edit=lambda t: t.update({"decoder.head.bias": torch.zeros(5)}))
-    with pytest.raises(CheckpointError, match="decoder.head.bias"):
+    with pytest.raises(CheckpointError, match="does not match its config"):
         lqae.load(shrunk)
+    turned = crafted(tmp_path, tiny_ckpt, "turned", tensor_edit=lambda t: t.update({"decoder.head.weight": t["decoder.head.weight"].T.contiguous()}))
+    with pytest.raises(CheckpointError, match=r"tensor decoder\.head\.weight has shape \[\d+, \d+\], the config makes"):
+        lqae.load(turned)
     ints = crafted(tmp_path, tiny_ckpt, "ints", tensor_edit=lambda t: t.update({"decoder.head.bias": t["decoder.head.bias"].long()}))
     with pytest.raises(CheckpointError, match="dtype"):
         lqae.load(ints)

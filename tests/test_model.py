@@ -197,3 +197,13 @@ def test_missing_tensor_fails(tiny_ckpt, tmp_path):
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(CheckpointError, match="missing"):
         load_model(bad)
+
+
+@pytest.mark.parametrize("kw", [{}, {"refine_channels": 0}, {"decoder_lm_layers": 2, "heads": 4, "enc_width": 48},
+                                {"image_size": 24, "patch_size": 6, "dec_depth": 3, "match_dim": 4}])
+def test_state_size_counts_the_state_dict(tiny_lm, kw):
+    """The count a checkpoint's header is checked against before any model is built."""
+    from lqae_cli.model import state_size
+
+    model = LQAE(tiny_config(tiny_lm, **kw), tiny_lm)
+    assert state_size(model.cfg, tiny_lm.hidden_size) == sum(v.numel() for v in model.state_dict().values())
