@@ -72,20 +72,27 @@ class interrupt_summary:
         return False
 
 
-def finish(tally, console, dest) -> None:
-    """The summary line (always when something failed, then exit 1)."""
-    if tally.failed:
-        print(tally.summary(), file=sys.stderr)
+def finish(tally, console, dest, ranks) -> None:
+    """The summary line of all ranks, printed by rank 0 (always when something failed: then every rank exits 1)."""
+    from .convert import Tally
+    from .distributed import shutdown, sum_over_ranks
+
+    total = Tally(*sum_over_ranks([tally.converted, tally.skipped, tally.failed], ranks))
+    shutdown(ranks)
+    if ranks.is_main and (total.failed or (total.converted + total.skipped > 1 and dest.kind != "stdout")):
+        if total.failed:
+            print(total.summary(), file=sys.stderr)
+        else:
+            console.print(total.summary(), markup=False)
+    if total.failed:
         raise typer.Exit(1)
-    if tally.converted + tally.skipped > 1 and dest.kind != "stdout":
-        console.print(tally.summary(), markup=False)
 
 
 @app.command()
 @cli_errors
 def encode(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="images or folders; '-' reads one image from stdin")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="file, folder (mirrors the inputs) or .jsonl file; default stdout")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="images, folders, WebDataset tar shards ('shards/{00000..00099}.tar', globs); '-' reads one image from stdin")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="file, folder (mirrors the inputs; one token shard per tar shard) or .jsonl file; default stdout")] = None,
     fmt: Annotated[Optional[Format], typer.Option("--format", "-f", help="default: text (json for a .json output file)")] = None,
     from_list: Annotated[Optional[str], typer.Option("--from-list", help="read image paths, one per line, from a file or '-'")] = None,
     batch_size: BatchSize = 64,
@@ -94,49 +101,79 @@ def encode(
     precision: Annotated[Precision, typer.Option(help="fp32: the reference words, identical on every run and batch size; bf16: the encoder in bf16, about 1 word in 80 differs; auto: bf16 where it is native and faster here (lqae info says)")] = Precision.fp32,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
-    """Print images as a grid of words (one line per token row), or convert whole folders."""
+    """Print images as a grid of words (one line per token row), or convert whole folders, lists and shards.
+    Under torchrun every rank converts its part of the sorted inputs."""
     from .convert import Destination, Tally, encode_all, gather_sources, progress_for, token_format
+    from .distributed import setup_ranks, shard_of
     from .runtime import reading_workers, stderr_console
+    from .shards import convert_shards, shard_paths
     from .tokenizer import load
 
     if not inputs and from_list is None:
         raise typer.BadParameter("give images, folders, '-' or --from-list")
-    sources, errors, many = gather_sources(inputs or [], from_list)
-    dest = Destination.choose(output, many, jsonl=True)
-    console, tally = stderr_console(quiet), Tally()
-    for what, why in errors:
+    ranks = setup_ranks(device)
+    if ranks.distributed and ("-" in (inputs or []) or from_list == "-"):
+        raise LQAEError("under torchrun the inputs cannot come from standard input: give files, folders, shards or a list file")
+    shards, others, shard_errors = shard_paths(inputs or [])
+    sources, errors, many = gather_sources(others, from_list)
+    dest = Destination.choose(output, many or bool(shards), jsonl=True).for_rank(ranks)
+    if shards and dest.kind != "folder":
+        raise LQAEError("tar shards become token shards in a folder: give an output folder (-o DIR)")
+    console, tally = stderr_console(quiet or not ranks.is_main), Tally()
+    for what, why in (errors + shard_errors if ranks.is_main else []):
         tally.fail(what, why)
-    tok = load(weights, device)
+    tok = load(weights, ranks.device)
+    sources, shards = shard_of(sources, ranks), shard_of(shards, ranks)
     with interrupt_summary(tally), progress_for(console, len(sources), "encode", not quiet) as (_, advance):
+        convert_shards(tok, shards, dest.path, tally, batch_size=batch_size, precision=precision.value,
+                       skip_existing=skip_existing)
         encode_all(tok, sources, dest, token_format(dest, fmt.value if fmt else None), batch_size=batch_size,
                    workers=reading_workers(workers, tok.device), skip_existing=skip_existing, precision=precision.value,
                    advance=advance, tally=tally)
-    finish(tally, console, dest)
+    finish(tally, console, dest, ranks)
 
 
 @app.command()
 @cli_errors
 def decode(
-    tokens: Annotated[str, typer.Argument(help="token file (any format encode writes), folder of them, or '-' for stdin")],
+    tokens: Annotated[list[str], typer.Argument(help="token file (any format encode writes), folder of them, token shards (.tar, patterns), or '-' for stdin")],
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file, '-' for stdout, or a folder")],
     batch_size: BatchSize = 64,
     skip_existing: Annotated[bool, typer.Option(help="skip outputs that already exist (folder output)")] = True,
     precision: Annotated[Precision, typer.Option(help="auto: bf16 where it is native and faster here (lqae info says), else fp32")] = Precision.auto,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
-    """Turn words back into an image (through the language model, as in training)."""
+    """Turn words back into an image (through the language model, as in training); token shards into image
+    shards. Under torchrun every rank decodes its part of the sorted inputs."""
     from .convert import Destination, Tally, decode_all, progress_for, read_token_inputs
+    from .distributed import setup_ranks, shard_of
     from .runtime import stderr_console
+    from .shards import convert_shards, shard_paths
     from .tokenizer import load
 
-    console, tally = stderr_console(quiet), Tally()
-    tok = load(weights, device)
-    jobs = read_token_inputs(tok, tokens, tally)
-    dest = Destination.choose(output, many=Path(tokens).is_dir() or len(jobs) > 1)
+    ranks = setup_ranks(device)
+    shards, others, shard_errors = shard_paths(tokens)
+    if len(others) > 1 or (others and shards):
+        raise typer.BadParameter("give one token file, folder or '-', or token shards (.tar)")
+    if ranks.distributed and others == ["-"]:
+        raise LQAEError("under torchrun the tokens cannot come from standard input: give files, a folder or shards")
+    console, tally = stderr_console(quiet or not ranks.is_main), Tally()
+    for what, why in (shard_errors if ranks.is_main else []):
+        tally.fail(what, why)
+    tok = load(weights, ranks.device)
+    jobs = read_token_inputs(tok, others[0], tally, pick=lambda files: shard_of(files, ranks)) if others else []
+    many = bool(shards) or (bool(others) and Path(others[0]).is_dir()) or len(jobs) > 1
+    dest = Destination.choose(output, many).for_rank(ranks)
+    if shards and dest.kind != "folder":
+        raise LQAEError("token shards become image shards in a folder: give an output folder (-o DIR)")
+    if ranks.distributed and not (others and Path(others[0]).is_dir()):
+        jobs = shard_of(jobs, ranks)  # a single token stream: every rank parsed it, each decodes its part
     with interrupt_summary(tally), progress_for(console, len(jobs), "decode", not quiet) as (_, advance):
+        convert_shards(tok, shard_of(shards, ranks), dest.path, tally, decode=True, batch_size=batch_size,
+                       precision=precision.value, skip_existing=skip_existing)
         decode_all(tok, jobs, dest, batch_size=batch_size, skip_existing=skip_existing, precision=precision.value,
                    advance=advance, tally=tally)
-    finish(tally, console, dest)
+    finish(tally, console, dest, ranks)
 
 
 @app.command()

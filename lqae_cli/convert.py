@@ -70,6 +70,19 @@ class Destination:
             raise LQAEError(f"{output} is a file, but there are several inputs: give a folder (-o DIR)")
         return cls("file", path)
 
+    def for_rank(self, ranks) -> "Destination":
+        """Under torchrun each rank writes only its own outputs: a folder's mirrored files are disjoint,
+        a JSON Lines file becomes one per rank (`NAME-00000-of-00004.jsonl`); stdout and single files
+        cannot be shared, and are refused."""
+        if not ranks.distributed:
+            return self
+        if self.kind == "jsonl":
+            name = f"{self.path.stem}-{ranks.rank:05d}-of-{ranks.world:05d}{self.path.suffix}"
+            return Destination("jsonl", self.path.with_name(name))
+        if self.kind != "folder":
+            raise LQAEError("under torchrun every rank writes its own outputs: give an output folder or a .jsonl file (-o)")
+        return self
+
     def file_for(self, rel: PurePath, suffix: str, resolve=Path.resolve) -> Path:
         """The output file for an input at relative path `rel`, in a folder destination."""
         return safe_output(self.path, rel, suffix, resolve)
@@ -322,9 +335,10 @@ class TokenJob:
     out: Path | None = None
 
 
-def read_token_inputs(tok, source: str, tally: Tally) -> list[TokenJob]:
+def read_token_inputs(tok, source: str, tally: Tally, pick=None) -> list[TokenJob]:
     """'-' / a token file / a folder of token files -> jobs; unreadable files in a folder are failures
-    (a single file or stdin that cannot be read raises TokenError naming it)."""
+    (a single file or stdin that cannot be read raises TokenError naming it). `pick` chooses which of a
+    folder's sorted token files to read (this rank's part, under torchrun)."""
     def parse(text: str, where: str) -> list[WordGrid]:
         try:
             return tok.parse(text)
@@ -337,7 +351,8 @@ def read_token_inputs(tok, source: str, tally: Tally) -> list[TokenJob]:
     path = Path(source)
     if path.is_dir():
         jobs = []
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TOKEN_FILE_SUFFIXES):
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TOKEN_FILE_SUFFIXES)
+        for f in (pick(files) if pick else files):
             try:
                 grids = parse(f.read_text(encoding="utf-8"), str(f))
             except (TokenError, OSError, UnicodeDecodeError) as exc:

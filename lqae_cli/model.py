@@ -91,9 +91,7 @@ class Decoder(nn.Module):
 
     It reads the outputs of the LM's last n = cfg.decoder_lm_layers layers side by side. The paper
     reads only the last (n = 1). The packaged MiniLM was tuned for mean-pooled sentence embeddings,
-    and its last layer keeps little of which word stands where: a linear map from it gives back the
-    chosen word's matching code with R^2 0.55 (the same word 8% of the time), from the layer before
-    it 0.84 (40%), from the first layer 0.92 (86%), on held-out photo and emoji words."""
+    and its last layer keeps little of which word stands where (weights/TRAINING.md)."""
 
     def __init__(self, cfg: LQAEConfig, lm_hidden: int):
         super().__init__()
@@ -156,7 +154,7 @@ class LQAE(nn.Module):
 
         precision "fp32": the reference words, the same on every run and batch size (the search is
         exact; another device's fp32 arithmetic could still move a vector that sits within rounding
-        of a border between two words: not measured, no GPU was available).
+        of a border between two words).
         "bf16": the encoder runs under bf16 autocast (faster where the hardware has bf16); the
         word search stays exact, but the encoder's rounding moves a few vectors across a border,
         so a small share of words differ from the fp32 ones."""

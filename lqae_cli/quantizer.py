@@ -10,9 +10,7 @@ The space is kept low (8 dimensions by default, as in the low-dimensional code
 lookup of ViT-VQGAN and the official LQAE code's `quantizer_latent_dim`): the
 encoder maps a smooth family of inputs (a flat colour, a gradient) to a smooth,
 low-dimensional family of vectors, and in a high-dimensional space such a family
-meets only a few words' cells. With 64 dimensions, 1,000 random flat colours
-became a median of 55 distinct words per grid position; with 8, 92, and the same
-training recipe scored +0.84 dB on held-out photos (weights/README.md).
+meets only a few words' cells (the evidence: weights/TRAINING.md).
 
 The search is an exact cosine nearest neighbour over the allowed vocabulary; what is
 passed on to the LM is always the word's own raw embedding.
@@ -61,8 +59,7 @@ class QuantizerOutput:
 KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) may use the k-d tree; fewer always use
                            # the dense pass, which needs no scipy import (a one-image encode starts faster)
 DENSE_CHUNK = 256          # rows per dense product: its (256 x 21,745) scores stay in cache
-SCORE_BLOCK = 512          # words per block in the candidate search (the block maxima are a reduction over
-                           # contiguous bf16 scores: 512 per block took 1.8 ms per 512 rows here, 64 per block 5.8 ms)
+SCORE_BLOCK = 512          # words per block in the dense candidate pass (its block maxima reduce contiguous scores)
 SCORE_ERROR = 2.0 ** -7    # bound on |bf16 score - exact score| for unit vectors (2^-8 + 2^-9, rounded up)
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from .errors import ConfigError, LQAEError
 from .lm import LanguageModel
 from .model import LQAE
 from .quantizer import usage_stats
-from .tokenizer import resolve_device
+from .distributed import Ranks, setup_ranks
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -135,32 +134,6 @@ def weights_identical_across_ranks(model: torch.nn.Module, world: int) -> bool:
     gathered = [torch.empty_like(digest) for _ in range(world)]
     dist.all_gather(gathered, digest)
     return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-@dataclass
-class Ranks:
-    """Where this process stands: its rank, the world size, and its device."""
-    rank: int
-    world: int
-    distributed: bool
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_ranks(device_name: str) -> Ranks:
-    """One process, or a torchrun rank: its own GPU (LOCAL_RANK) with nccl, or gloo on CPU."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    distributed = "RANK" in os.environ and world > 1
-    device = resolve_device(device_name)
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Ranks(rank, world, distributed, device)
 
 
 def build_model(args: TrainArgs, device: torch.device) -> LQAE:
