@@ -134,6 +134,12 @@ class LanguageModel:
             raise LMError(f"unknown vocabulary rule '{rule}' (choose from {', '.join(VOCAB_RULES)})")
         keep = []
         seen: set[str] = set()
+        if rule == "words":  # ^[a-z]+$, without a regex per token (this runs at every start)
+            for i, tok in enumerate(self.vocab):
+                if tok.isascii() and tok.isalpha() and tok.islower() and tok not in seen:
+                    seen.add(tok)
+                    keep.append(i)
+            return torch.tensor(keep, dtype=torch.long, device="cpu")
         for i, tok in enumerate(self.vocab):
             if not tok or _SPECIAL.match(tok) or tok in seen or tok.strip() != tok:
                 continue

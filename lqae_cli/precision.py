@@ -4,8 +4,10 @@ CPUs differ: with AVX-512 BF16 or AMX a bf16 matrix product can be several times
 with AVX2 only, bf16 is emulated and several times slower; and even some CPUs that list
 `avx512_bf16` run this model's products slower in bf16 than in fp32. So "auto" asks two things:
 does the device have native bf16 (CPU flags `avx512_bf16`/`amx_bf16`, or a CUDA device that supports
-it), and is a bf16 product of the model's shapes at least BF16_MIN_SPEEDUP faster than fp32 there,
-timed once per process (a few milliseconds)? Only then is it bf16.
+it), and is a bf16 product of the model's shapes at least BF16_MIN_SPEEDUP faster than fp32 there?
+Only then is it bf16. The timing costs a few tenths of a second the first time (oneDNN builds its
+bf16 kernels), so a CPU's result is kept in the user's cache folder ($XDG_CACHE_HOME/lqae, else
+~/.cache/lqae), keyed by the CPU model, its flags, the torch version and the thread count.
 """
 from __future__ import annotations
 
@@ -58,10 +60,47 @@ def _matmul_seconds(dtype: torch.dtype, device: torch.device, repeats: int = 5) 
     return sorted(times)[len(times) // 2]
 
 
+def _cache_file():
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lqae" / "bf16-speedup.json"
+
+
+def _cpu_key() -> str:
+    import hashlib
+    import platform
+
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "") \
+        if platform.system() == "Linux" else platform.processor()
+    flags = hashlib.sha1(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
+    return f"{model}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
 @functools.lru_cache(maxsize=None)
 def bf16_speedup(device: torch.device) -> float:
-    """fp32 time / bf16 time of a product of the model's shapes on this device (measured once)."""
-    return _matmul_seconds(torch.float32, device) / _matmul_seconds(torch.bfloat16, device)
+    """fp32 time / bf16 time of a product of the model's shapes on this device (measured once; on a CPU,
+    once per machine: the result is cached on disk)."""
+    import json
+
+    from .checkpoint import atomic_write_bytes
+
+    key, cached = None, {}
+    if device.type == "cpu":
+        try:
+            key = _cpu_key()
+            cached = json.loads(_cache_file().read_text())
+            if isinstance(cached.get(key), float):
+                return cached[key]
+        except (OSError, ValueError, AttributeError):
+            cached = cached if isinstance(cached, dict) else {}
+    speedup = _matmul_seconds(torch.float32, device) / _matmul_seconds(torch.bfloat16, device)
+    if key is not None:
+        try:
+            atomic_write_bytes(_cache_file(), json.dumps({**cached, key: speedup}, indent=1).encode())
+        except OSError:
+            pass  # a read-only home: measure again next time
+    return speedup
 
 
 def auto_precision(device: torch.device) -> str:

@@ -9,6 +9,10 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "XDG_CACHE_HOME" not in os.environ:  # the tests' bf16 timing cache (lqae_cli/precision.py) stays out of the user's home
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="lqae-test-cache-")
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "weights" / "lqae-base.safetensors"
 
