@@ -299,6 +299,8 @@ class Tokenizer:
         g = self.grid_size
         if ids.ndim != 3 or tuple(ids.shape[1:]) != (g, g):
             raise TokenError(f"expected ids of shape (B, {g}, {g}), got {tuple(ids.shape)}")
+        if ids.is_floating_point() or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.vocab))):
+            raise TokenError(f"ids must be integers in 0..{len(self.vocab) - 1}")
         bf16 = resolve(precision, self.device) == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.model.decode(ids.to(self.device, torch.long)).float()

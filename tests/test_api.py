@@ -106,6 +106,8 @@ def test_words_round_trip_and_bad_words_are_token_errors(tok, photo):
             tok.decode(bad)
     with pytest.raises(TokenError):
         tok.ids_to_words(10**6)
+    with pytest.raises(TokenError, match="integers in"):
+        tok.decode_ids(torch.full((1, 4, 4), 10**6))
 
 
 def test_bad_images_are_image_errors(tok, tmp_path):
