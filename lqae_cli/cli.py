@@ -98,6 +98,7 @@ def encode(
     batch_size: BatchSize = 64,
     workers: Workers = None,
     skip_existing: Annotated[bool, typer.Option(help="skip inputs whose output already exists")] = True,
+    size: Annotated[Optional[str], typer.Option(help="64 (the checkpoint's size, the default): one tile of words per image; N (a multiple of it): the longer side scaled to N pixels, aspect kept, covered by tiles; native: every pixel, covered by tiles")] = None,
     precision: Annotated[Precision, typer.Option(help="fp32: the reference words, identical on every run and batch size; bf16: the encoder in bf16, about 1 word in 80 differs; auto: bf16 where it is native and faster here (lqae info says)")] = Precision.fp32,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
@@ -111,6 +112,8 @@ def encode(
 
     if not inputs and from_list is None:
         raise typer.BadParameter("give images, folders, '-' or --from-list")
+    from .tiles import parse_size
+
     ranks = setup_ranks(device)
     if ranks.distributed and ("-" in (inputs or []) or from_list == "-"):
         raise LQAEError("under torchrun the inputs cannot come from standard input: give files, folders, shards or a list file")
@@ -123,13 +126,16 @@ def encode(
     for what, why in (errors + shard_errors if ranks.is_main else []):
         tally.fail(what, why)
     tok = load(weights, ranks.device)
+    size = parse_size(size, tok.image_size)
+    if shards and size is not None:
+        raise LQAEError("--size with tar shards is not supported yet: shards are encoded at the checkpoint's size")
     sources, shards = shard_of(sources, ranks), shard_of(shards, ranks)
     with interrupt_summary(tally), progress_for(console, len(sources), "encode", not quiet) as (_, advance):
         convert_shards(tok, shards, dest.path, tally, batch_size=batch_size, precision=precision.value,
                        skip_existing=skip_existing)
         encode_all(tok, sources, dest, token_format(dest, fmt.value if fmt else None), batch_size=batch_size,
                    workers=reading_workers(workers, tok.device), skip_existing=skip_existing, precision=precision.value,
-                   advance=advance, tally=tally)
+                   size=size, advance=advance, tally=tally)
     finish(tally, console, dest, ranks)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+import numpy as np
 import torch
 
 from .checkpoint import atomic_write_bytes
@@ -243,10 +244,11 @@ def token_format(dest: Destination, fmt: str | None) -> str:
 
 
 def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text", *, batch_size: int = 64,
-               workers: int = 0, skip_existing: bool = True, precision: str = "fp32",
+               workers: int = 0, skip_existing: bool = True, precision: str = "fp32", size=None,
                advance: Advance | None = None, tally: Tally | None = None) -> Tally:
     """Encode `sources` with tokenizer `tok` into `dest` in format `fmt`; returns the tally.
-    A folder destination gets one token file per source (mirroring its path under its root)."""
+    A folder destination gets one token file per source (mirroring its path under its root).
+    `size` as in `Tokenizer.encode` (None: one tile per image)."""
     tally = tally if tally is not None else Tally()
     resolve = functools.lru_cache(maxsize=None)(Path.resolve)  # this run's folders, resolved once each
     todo = []
@@ -270,16 +272,21 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
         advance(len(sources) - len(todo))  # skipped, or failed before reading
     jsonl_file = open(dest.path, "a", encoding="utf-8") if dest.kind == "jsonl" else None
     stdout_first = True
+    batches = image_batches(todo, tok.image_size, batch_size, workers) if size is None else tiled_batches(tok, todo, size, precision, batch_size)
     try:
-        for batch in image_batches(todo, tok.image_size, batch_size, workers):
+        for batch in batches:
             good, failed = split_loaded(batch)
             for i, err in failed:
                 tally.fail(todo[i].name, err)
             if good:
-                ids = tok.encode_pixels(torch.stack([t for _, t in good]), precision).cpu().tolist()
-                for (i, _), grid in zip(good, ids):
+                if size is None:
+                    grids = [WordGrid.from_ids(g, tok.vocab, todo[i].name) for (i, _), g in
+                             zip(good, tok.encode_pixels(torch.stack([t for _, t in good]), precision).cpu().tolist())]
+                else:
+                    grids = [t for _, t in good]
+                for (i, _), grid in zip(good, grids):
                     src = todo[i]
-                    text = format_grid(WordGrid.from_ids(grid, tok.vocab, src.name), fmt, tok.name, tok.lm_fingerprint)
+                    text = format_grid(grid, fmt, tok.name, tok.lm_fingerprint, tok.image_size)
                     if src.out is not None:  # a token file (never with a .jsonl output)
                         write_output(tally, src.name, src.out, text.encode("utf-8"))
                         continue
@@ -299,6 +306,16 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
         if jsonl_file is not None:
             jsonl_file.close()
     return tally
+
+
+def tiled_batches(tok, sources: list[Source], size, precision: str, batch_size: int):
+    """Like image_batches, for images of any size: one source at a time, as (index, WordGrid|None, error|None)."""
+    for i, s in enumerate(sources):
+        try:
+            image = s.data if s.data is not None else s.path
+            yield [(i, tok.encode(image, size=size, precision=precision, batch_size=batch_size), None)]
+        except ImageError as exc:
+            yield [(i, None, str(exc).removeprefix(f"{s.path}: "))]
 
 
 class progress_for:
@@ -416,10 +433,17 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
         advance(len(jobs) - len(todo))
     if dest.kind == "stdout" and todo and sys.stdout.isatty():
         raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        ids = torch.tensor([j.grid.ids for j in chunk], dtype=torch.long)
-        for job, arr in zip(chunk, to_uint8(tok.decode_ids(ids, precision))):
+    g = tok.grid_size
+    one_tile = [j for j in todo if j.grid.shape == (g, g) and j.grid.pixel_size is None]
+    tiled = [j for j in todo if not (j.grid.shape == (g, g) and j.grid.pixel_size is None)]
+    chunks = [one_tile[s:s + batch_size] for s in range(0, len(one_tile), batch_size)] + [[j] for j in tiled]
+    tiled_jobs = {id(j) for j in tiled}
+    for chunk in chunks:
+        if id(chunk[0]) in tiled_jobs:  # an image of several tiles: its tiles batched, stitched, cropped
+            arrays = [np.asarray(tok.decode(chunk[0].grid, precision=precision, batch_size=batch_size))]
+        else:
+            arrays = to_uint8(tok.decode_ids(torch.tensor([j.grid.ids for j in chunk], dtype=torch.long), precision))
+        for job, arr in zip(chunk, arrays):
             if job.out is not None:
                 write_output(tally, job.name, job.out, png_bytes(arr))
                 continue

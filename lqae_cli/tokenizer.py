@@ -217,7 +217,7 @@ class Tokenizer:
         """One grid as text ("text": words, one line per token row), "ids", "json" or "jsonl" (one line)."""
         if fmt not in FORMATS:
             raise TokenError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-        return format_grid(grid, fmt, self.name, self.lm_fingerprint)
+        return format_grid(grid, fmt, self.name, self.lm_fingerprint, self.image_size)
 
     # --- encode -----------------------------------------------------------------
     def pixels(self, image: ImageLike) -> torch.Tensor:
@@ -225,21 +225,7 @@ class Tokenizer:
         uint8 array or CHW tensor), made RGB and resized (bicubic, whole frame) exactly as `lqae encode` does."""
         from .data import load_image
 
-        if isinstance(image, (str, os.PathLike)):
-            try:
-                return load_image(Path(image), self.image_size)
-            except OSError as exc:
-                raise ImageError(f"{image}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
-        if isinstance(image, (bytes, bytearray)):
-            import io
-
-            return load_image(io.BytesIO(image), self.image_size)
-        if isinstance(image, Image.Image):
-            return load_image(image, self.image_size)
-        if torch.is_tensor(image) or type(image).__module__ == "numpy":
-            return load_image(_array_to_pil(image), self.image_size)
-        raise ImageError(f"cannot read an image from a {type(image).__name__} (give a path, bytes, a PIL image, "
-                         "an HWC uint8 array or a CHW tensor)")
+        return load_image(self.rgb(image), self.image_size)
 
     @property
     def auto_precision(self) -> str:
@@ -263,30 +249,74 @@ class Tokenizer:
         with torch.inference_mode():
             return self.model.encode(pixels.to(self.device, torch.float32), precision)
 
-    def encode(self, images: ImageLike | Sequence[ImageLike], *, precision: str = "fp32",
-               batch_size: int = 64) -> WordGrid | list[WordGrid]:
+    def encode(self, images: ImageLike | Sequence[ImageLike], *, size: int | str | None = None, precision: str = "fp32",
+               batch_size: int = 64, progress=None) -> WordGrid | list[WordGrid]:
         """Images -> word grids.
 
         Args:
             images: one image or a list of them: a path, bytes of an image file, a PIL image, a numpy array
                 (H, W, 3) / (H, W) uint8 (or float in [0, 1]), a tensor (3, H, W) float in [0, 1] or uint8;
-                a 4-D array (B, H, W, 3) or tensor (B, 3, H, W) is a batch. Any size: resized to the model's.
+                a 4-D array (B, H, W, 3) or tensor (B, 3, H, W) is a batch.
+            size: None or the checkpoint's image size: the whole image squashed into one tile of words (the
+                default); a multiple of it: the longer side scaled to that many pixels, the aspect ratio kept;
+                "native": no resizing. Beyond one tile the image is covered by tiles (`lqae_cli.tiles`), each
+                tile's words exactly those it gets when encoded alone, and the grid is the tiles side by side.
             precision: "fp32" (the reference words), "bf16" or "auto" (see `encode_pixels`).
-            batch_size: images per model call.
+            batch_size: images (or tiles) per model call.
+            progress: called with the number of tiles done, for a progress bar (tiled images only).
         Returns:
             One `WordGrid` for one image, a list for a list (or a 4-D batch), in order.
         Raises:
             ImageError: an input is not a readable image (the message names it).
         """
+        from .tiles import parse_size
+
+        size = parse_size(size, self.image_size)
         single = not isinstance(images, (list, tuple)) and not (_is_array(images) and images.ndim == 4)
         items = [images] if single else list(images)
         names = [str(x) if isinstance(x, (str, os.PathLike)) else None for x in items]
+        if size is not None:
+            grids = [self._encode_tiled(x, name, size, precision, batch_size, progress) for x, name in zip(items, names)]
+            return grids[0] if single else grids
         grids: list[WordGrid] = []
         for start in range(0, len(items), batch_size):
             chunk = torch.stack([self.pixels(x) for x in items[start:start + batch_size]])
             for ids, name in zip(self.encode_pixels(chunk, precision).cpu().tolist(), names[start:start + batch_size]):
                 grids.append(WordGrid.from_ids(ids, self.vocab, name))
         return grids[0] if single else grids
+
+    def _encode_tiled(self, image: ImageLike, name: str | None, size, precision: str, batch_size: int,
+                      progress=None) -> WordGrid:
+        from .tiles import fit, join_ids, tile_grid
+
+        img = fit(self.rgb(image), size)
+        tiles, rows, cols = tile_grid(img, self.image_size)
+        ids = []
+        for part in tiles.split(batch_size):
+            ids.append(self.encode_pixels(part, precision).cpu())
+            if progress:
+                progress(len(part))
+        return WordGrid.from_ids(join_ids(torch.cat(ids), rows, cols), self.vocab, name, img.size)
+
+    def rgb(self, image: ImageLike) -> Image.Image:
+        """One image (any input `encode` takes) as an RGB PIL image at its own size."""
+        from .data import open_rgb
+
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                return open_rgb(Path(image))
+            except OSError as exc:
+                raise ImageError(f"{image}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+        if isinstance(image, (bytes, bytearray)):
+            import io
+
+            return open_rgb(io.BytesIO(image))
+        if isinstance(image, Image.Image):
+            return open_rgb(image)
+        if torch.is_tensor(image) or type(image).__module__ == "numpy":
+            return open_rgb(_array_to_pil(image))
+        raise ImageError(f"cannot read an image from a {type(image).__name__} (give a path, bytes, a PIL image, "
+                         "an HWC uint8 array or a CHW tensor)")
 
     # --- decode -----------------------------------------------------------------
     def decode_ids(self, ids: torch.Tensor, precision: str = "auto") -> torch.Tensor:
@@ -305,8 +335,9 @@ class Tokenizer:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.model.decode(ids.to(self.device, torch.long)).float()
 
-    def decode(self, grids, *, batch_size: int = 64, precision: str = "auto") -> Image.Image | list[Image.Image]:
-        """Word grids -> RGB PIL images of the checkpoint's size.
+    def decode(self, grids, *, batch_size: int = 64, precision: str = "auto", progress=None) -> Image.Image | list[Image.Image]:
+        """Word grids -> RGB PIL images: a one-tile grid at the checkpoint's size; a grid of several tiles
+        stitched, and cropped to the grid's `pixel_size` when it has one.
 
         Args:
             grids: one grid or a list of them. A grid is a `WordGrid`, a (grid, grid) nested list of ids or
@@ -319,17 +350,35 @@ class Tokenizer:
             TokenError: a word the checkpoint may not use, an id out of range, or a grid of the wrong size.
         """
         grids_ids, single = self._as_grids(grids)
-        images: list[Image.Image] = []
-        for start in range(0, len(grids_ids), batch_size):
-            ids = torch.tensor([g.ids for g in grids_ids[start:start + batch_size]], dtype=torch.long)
-            images += [Image.fromarray(a) for a in to_uint8(self.decode_ids(ids, precision))]
+        images: list[Image.Image | None] = [None] * len(grids_ids)
+        one_tile = [i for i, g in enumerate(grids_ids) if g.shape == (self.grid_size, self.grid_size) and g.pixel_size is None]
+        for start in range(0, len(one_tile), batch_size):
+            part = one_tile[start:start + batch_size]
+            ids = torch.tensor([grids_ids[i].ids for i in part], dtype=torch.long)
+            for i, a in zip(part, to_uint8(self.decode_ids(ids, precision))):
+                images[i] = Image.fromarray(a)
+        for i, g in enumerate(grids_ids):
+            if images[i] is None:
+                images[i] = self._decode_tiled(g, precision, batch_size, progress)
         return images[0] if single else images
+
+    def _decode_tiled(self, grid: WordGrid, precision: str, batch_size: int, progress=None) -> Image.Image:
+        from .tiles import split_ids, stitch
+
+        tiles, rows, cols = split_ids(grid.ids, self.grid_size)
+        out = []
+        for part in tiles.split(batch_size):
+            out.append(self.decode_ids(part, precision).cpu())
+            if progress:
+                progress(len(part))
+        img = Image.fromarray(to_uint8(stitch(torch.cat(out), rows, cols)))
+        return img.crop((0, 0, *grid.pixel_size)) if grid.pixel_size else img
 
     def _as_grids(self, x) -> tuple[list[WordGrid], bool]:
         """Anything `decode` accepts -> (checked word grids, whether it was one grid)."""
         g = self.grid_size
         if isinstance(x, WordGrid):
-            return [self._checked(x.ids, "grid", x.source)], True
+            return [self._checked(x.ids, "grid", x.source, x.pixel_size)], True
         if isinstance(x, str):
             parsed = self.parse(x)
             if len(parsed) != 1:
@@ -354,16 +403,18 @@ class Tokenizer:
             out += sub
         return out, False
 
-    def _checked(self, rows, where: str, source: str | None = None) -> WordGrid:
+    def _checked(self, rows, where: str, source: str | None = None, pixel_size=None) -> WordGrid:
         g = self.grid_size
-        if len(rows) != g or any(len(r) != g for r in rows):
-            raise TokenError(f"{where}: expected {g}x{g} tokens, got rows of {[len(r) for r in rows][:g + 1]}")
+        width = len(rows[0]) if rows else 0
+        if not rows or len(rows) % g or width % g or any(len(r) != width for r in rows):
+            raise TokenError(f"{where}: expected {g}x{g} tokens, or equally long rows of whole {g}x{g} tiles; "
+                             f"got rows of {[len(r) for r in rows][:g + 1]}")
         ids = [[v if isinstance(v, int) else self.words_to_ids(v) for v in row] for row in rows]
         for row in ids:
             for i in row:
                 if i not in self.allowed_ids:
                     raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
-        return WordGrid.from_ids(ids, self.vocab, source)
+        return WordGrid.from_ids(ids, self.vocab, source, pixel_size)
 
 
 def _is_array(x) -> bool:

@@ -1,0 +1,71 @@
+"""Images of any size: covered by tiles of the checkpoint's size, each tile encoded on its own.
+
+`--size 64` (the checkpoint's size, the default) squashes the whole image into one tile, as ever.
+`--size N` (a multiple of it) scales the image so that its longer side is N pixels, keeping the aspect
+ratio; `--size native` keeps every pixel. The image is then padded on the right and bottom to whole
+tiles by repeating its edge pixels (so a tile that overhangs the image sees a continuation of it, not
+a black bar), cut into tiles row by row, and each tile becomes the grid x grid words it gets when
+encoded alone. The word grid is the tiles side by side; decoding puts the decoded tiles side by side
+and crops the padding away. Tiles are decoded independently, so their borders can show as seams.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ConfigError
+
+
+def parse_size(value, tile: int) -> int | str | None:
+    """"native", None / the tile size (one tile: today's behaviour, returned as None), or a multiple of it."""
+    if value is None or value == "native":
+        return value
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"size '{value}': give a number of pixels (a multiple of {tile}) or 'native'") from None
+    if n <= 0 or n % tile:
+        raise ConfigError(f"size {n}: must be a positive multiple of the checkpoint's image size {tile}, or 'native'")
+    return None if n == tile else n
+
+
+def fit(img: Image.Image, size: int | str) -> Image.Image:
+    """The image at the size asked for: the longer side scaled to `size` pixels (bicubic), or as it is."""
+    if size == "native":
+        return img
+    w, h = img.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img if new == img.size else img.resize(new, Image.BICUBIC)
+
+
+def tile_grid(img: Image.Image, tile: int) -> tuple[torch.Tensor, int, int]:
+    """An RGB image -> (tiles (T, 3, tile, tile) in [0, 1], row by row; tile rows; tile columns), the image
+    padded by repeating its edge pixels to whole tiles."""
+    arr = np.asarray(img, dtype=np.uint8)
+    h, w = arr.shape[:2]
+    rows, cols = -(-h // tile), -(-w // tile)
+    arr = np.pad(arr, ((0, rows * tile - h), (0, cols * tile - w), (0, 0)), mode="edge")
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255           # (3, H, W)
+    t = t.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, tile, tile)
+    return t, rows, cols
+
+
+def join_ids(ids: torch.Tensor, rows: int, cols: int) -> list[list[int]]:
+    """Per-tile ids (T, g, g), row by row -> one word grid (rows * g, cols * g)."""
+    g = ids.shape[-1]
+    return ids.view(rows, cols, g, g).permute(0, 2, 1, 3).reshape(rows * g, cols * g).tolist()
+
+
+def split_ids(grid: list[list[int]], g: int) -> tuple[torch.Tensor, int, int]:
+    """A word grid of whole g x g tiles -> (per-tile ids (T, g, g) row by row, tile rows, tile columns)."""
+    ids = torch.tensor(grid, dtype=torch.long)
+    rows, cols = ids.shape[0] // g, ids.shape[1] // g
+    return ids.view(rows, g, cols, g).permute(0, 2, 1, 3).reshape(rows * cols, g, g), rows, cols
+
+
+def stitch(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Decoded tiles (T, 3, t, t) row by row -> one image (3, rows * t, cols * t)."""
+    t = images.shape[-1]
+    return images.view(rows, cols, 3, t, t).permute(2, 0, 3, 1, 4).reshape(3, rows * t, cols * t)

@@ -1,0 +1,102 @@
+"""Images of any size: tiles of the checkpoint's size, grids of whole tiles in every format, stitched decodes."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import lqae_cli as lqae
+from lqae_cli.cli import app
+from lqae_cli.tiles import tile_grid
+
+
+@pytest.fixture()
+def tok(tiny_ckpt):
+    return lqae.load(tiny_ckpt, device="cpu")
+
+
+@pytest.fixture()
+def wide(tmp_path):
+    """A 48x32 picture (3 x 2 tiles of the tiny checkpoint's 16 pixels)."""
+    g = torch.Generator().manual_seed(0)
+    arr = (torch.rand(32, 48, 3, generator=g) * 255).byte().numpy()
+    path = tmp_path / "wide.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture()
+def run(tiny_ckpt, monkeypatch):
+    monkeypatch.setenv("LQAE_WEIGHTS", str(tiny_ckpt))
+    runner = CliRunner()
+    return lambda *a, input=None: runner.invoke(app, [str(x) for x in a], input=input, catch_exceptions=False)
+
+
+def test_native_grid_is_the_tiles_side_by_side_and_each_tile_has_its_own_words(tok, wide):
+    grid = tok.encode(wide, size="native")
+    assert grid.shape == (8, 12) and grid.pixel_size == (48, 32)
+    tiles, rows, cols = tile_grid(Image.open(wide).convert("RGB"), 16)
+    alone = tok.encode_pixels(tiles)                                   # every tile encoded by itself
+    assert (rows, cols) == (2, 3)
+    for t in range(6):
+        r, c = divmod(t, 3)
+        assert [row[4 * c:4 * c + 4] for row in grid.ids[4 * r:4 * r + 4]] == alone[t].tolist()
+    assert tok.encode(wide, size="native", batch_size=1).ids == grid.ids  # whatever the batch size
+    assert tok.encode(wide, size=32).shape == (8, 8)                       # longer side 32: 32 x 21 pixels, 2 x 2 tiles
+    assert tok.encode(wide).shape == (4, 4)                                # the default: one tile, as ever
+    with pytest.raises(lqae.ConfigError, match="multiple"):
+        tok.encode(wide, size=20)
+
+
+def test_stitched_decode_has_the_image_size_and_is_deterministic(tok, wide):
+    grid = tok.encode(wide, size="native")
+    a, b = tok.decode(grid), tok.decode(grid, batch_size=2)
+    assert a.size == (48, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+    odd = Image.open(wide).crop((0, 0, 40, 27))
+    g = tok.encode(odd, size="native")
+    assert g.shape == (8, 12) and tok.decode(g).size == (40, 27)   # padded to whole tiles, cropped back
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "jsonl", "ids"])
+def test_every_format_round_trips_a_non_square_image(run, wide, tmp_path, fmt):
+    r = run("encode", wide, "--size", "native", "-f", fmt)
+    assert r.exit_code == 0, r.stderr
+    if fmt == "json":
+        rec = json.loads(r.stdout)
+        assert rec["grid"] == [8, 12] and rec["tile"] == 16 and rec["size"] == [48, 32]
+    out = tmp_path / f"{fmt}.png"
+    d = run("decode", "-", "-o", out, input=r.stdout)
+    assert d.exit_code == 0, d.stderr
+    assert Image.open(out).size == (48, 32)
+    ref = tmp_path / "ref.png"
+    run("decode", "-", "-o", ref, input=run("encode", wide, "--size", "native", "-f", "json").stdout)
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_ragged_and_non_tile_grids_are_one_line_errors(run, wide):
+    text = run("encode", wide, "--size", "native").stdout.splitlines()
+    ragged = text[:]
+    ragged[5] = " ".join(ragged[5].split()[:-1])
+    r = run("decode", "-", "-o", "x.png", input="\n".join(ragged) + "\n")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "line 6" in r.stderr and "equally long" in r.stderr
+    r = run("decode", "-", "-o", "x.png", input="\n".join(text[:6]) + "\n")       # 6 rows: not whole tiles
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "whole 4x4 tiles" in r.stderr
+    r = run("decode", "-", "-o", "x.png", input="\n".join(l.split(" ", 2)[2] for l in text) + "\n")  # 10 columns
+    assert r.exit_code == 1 and "whole 4x4 tiles" in r.stderr
+
+
+def test_default_size_output_is_unchanged(run, wide):
+    assert run("encode", wide).stdout == run("encode", wide, "--size", "16").stdout
+    rec = json.loads(run("encode", wide, "-f", "json").stdout)
+    assert set(rec) == {"source", "checkpoint", "lm_fingerprint", "grid", "ids", "tokens"}  # no tile or size keys
+
+
+def test_png_to_stdout_of_a_tiled_image(run, wide):
+    r = run("encode", wide, "--size", "native")
+    d = run("decode", "-", "-o", "-", input=r.stdout)
+    assert Image.open(io.BytesIO(d.stdout_bytes)).size == (48, 32)
