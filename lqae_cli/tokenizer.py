@@ -363,7 +363,7 @@ class Tokenizer:
         return images[0] if single else images
 
     def _decode_tiled(self, grid: WordGrid, precision: str, batch_size: int, progress=None) -> Image.Image:
-        from .tiles import split_ids, stitch
+        from .tiles import feather_seams, split_ids, stitch
 
         tiles, rows, cols = split_ids(grid.ids, self.grid_size)
         out = []
@@ -371,7 +371,7 @@ class Tokenizer:
             out.append(self.decode_ids(part, precision).cpu())
             if progress:
                 progress(len(part))
-        img = Image.fromarray(to_uint8(stitch(torch.cat(out), rows, cols)))
+        img = Image.fromarray(to_uint8(feather_seams(stitch(torch.cat(out), rows, cols), self.image_size)))
         return img.crop((0, 0, *grid.pixel_size)) if grid.pixel_size else img
 
     def _as_grids(self, x) -> tuple[list[WordGrid], bool]:

@@ -100,3 +100,14 @@ def test_png_to_stdout_of_a_tiled_image(run, wide):
     r = run("encode", wide, "--size", "native")
     d = run("decode", "-", "-o", "-", input=r.stdout)
     assert Image.open(io.BytesIO(d.stdout_bytes)).size == (48, 32)
+
+
+def test_feathering_evens_out_a_step_at_a_tile_border_and_leaves_interiors():
+    from lqae_cli.tiles import FEATHER, feather_seams
+
+    img = torch.full((3, 32, 48), 0.3)
+    img[:, :, 16:32] = 0.7                                     # two tile borders with a 0.4 step each
+    out = feather_seams(img, 16)
+    assert float((out[:, :, 16] - out[:, :, 15]).abs().max()) < 0.2 * 0.4
+    assert torch.equal(out[:, :, :16 - FEATHER], img[:, :, :16 - FEATHER])   # far from any border: untouched
+    assert torch.equal(feather_seams(torch.full((3, 32, 48), 0.5), 16), torch.full((3, 32, 48), 0.5))  # no step, no change
