@@ -130,12 +130,14 @@ def encode(
     if shards and size is not None:
         raise LQAEError("--size with tar shards is not supported yet: shards are encoded at the checkpoint's size")
     sources, shards = shard_of(sources, ranks), shard_of(shards, ranks)
-    with interrupt_summary(tally), progress_for(console, len(sources), "encode", not quiet) as (_, advance):
+    tiled = size is not None  # then the bar counts tiles: one image can have thousands
+    with interrupt_summary(tally), progress_for(console, None if tiled else len(sources), "encode", not quiet,
+                                                "tiles" if tiled else "img") as (_, advance):
         convert_shards(tok, shards, dest.path, tally, batch_size=batch_size, precision=precision.value,
                        skip_existing=skip_existing)
         encode_all(tok, sources, dest, token_format(dest, fmt.value if fmt else None), batch_size=batch_size,
                    workers=reading_workers(workers, tok.device), skip_existing=skip_existing, precision=precision.value,
-                   size=size, advance=advance, tally=tally)
+                   size=size, advance=None if tiled else advance, tile_progress=advance if tiled else None, tally=tally)
     finish(tally, console, dest, ranks)
 
 
@@ -283,6 +285,7 @@ def eval_cmd(
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f")] = ReportFormat.text,
     save_grid: Annotated[Optional[Path], typer.Option("--save-grid", help="PNG of samples: input | reconstruction | thumbnail codec")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="evaluate an evenly spaced subset of this many images")] = None,
+    size: Annotated[Optional[str], typer.Option(help="evaluate whole images at this size (N or native, as for encode): PSNR beside the matching shrink-and-enlarge codec")] = None,
     batch_size: BatchSize = 64,
     workers: Workers = None,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
@@ -301,6 +304,15 @@ def eval_cmd(
         raise LQAEError(f"no such folder: {data}")
     console = stderr_console(quiet)
     tok = load(weights, device)
+    if size is not None:
+        from .evaluate import evaluate_at_size, format_size_report
+
+        with progress_for(console, count_images(data, None, None, limit), "eval", not quiet) as (_, advance):
+            report, failed = evaluate_at_size(tok, data, size, limit, progress=advance)
+        for line in failed:
+            print(f"Error: {line}", file=sys.stderr)
+        print(json.dumps(report, indent=1) if fmt is ReportFormat.json else format_size_report(report))
+        return
     with progress_for(console, count_images(data, train_dir, test_dir, limit), "eval", not quiet) as (_, advance):
         report, res = evaluate(tok, data, train_dir, test_dir, batch_size, reading_workers(workers, tok.device), limit,
                                progress=advance)

@@ -245,10 +245,11 @@ def token_format(dest: Destination, fmt: str | None) -> str:
 
 def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text", *, batch_size: int = 64,
                workers: int = 0, skip_existing: bool = True, precision: str = "fp32", size=None,
-               advance: Advance | None = None, tally: Tally | None = None) -> Tally:
+               advance: Advance | None = None, tile_progress: Advance | None = None, tally: Tally | None = None) -> Tally:
     """Encode `sources` with tokenizer `tok` into `dest` in format `fmt`; returns the tally.
     A folder destination gets one token file per source (mirroring its path under its root).
-    `size` as in `Tokenizer.encode` (None: one tile per image)."""
+    `size` as in `Tokenizer.encode` (None: one tile per image); `tile_progress` is told of every batch of
+    tiles done (an image of many tiles takes a while)."""
     tally = tally if tally is not None else Tally()
     resolve = functools.lru_cache(maxsize=None)(Path.resolve)  # this run's folders, resolved once each
     todo = []
@@ -272,7 +273,7 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
         advance(len(sources) - len(todo))  # skipped, or failed before reading
     jsonl_file = open(dest.path, "a", encoding="utf-8") if dest.kind == "jsonl" else None
     stdout_first = True
-    batches = image_batches(todo, tok.image_size, batch_size, workers) if size is None else tiled_batches(tok, todo, size, precision, batch_size)
+    batches = image_batches(todo, tok.image_size, batch_size, workers) if size is None else tiled_batches(tok, todo, size, precision, batch_size, tile_progress)
     try:
         for batch in batches:
             good, failed = split_loaded(batch)
@@ -308,12 +309,12 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
     return tally
 
 
-def tiled_batches(tok, sources: list[Source], size, precision: str, batch_size: int):
+def tiled_batches(tok, sources: list[Source], size, precision: str, batch_size: int, progress: Advance | None = None):
     """Like image_batches, for images of any size: one source at a time, as (index, WordGrid|None, error|None)."""
     for i, s in enumerate(sources):
         try:
             image = s.data if s.data is not None else s.path
-            yield [(i, tok.encode(image, size=size, precision=precision, batch_size=batch_size), None)]
+            yield [(i, tok.encode(image, size=size, precision=precision, batch_size=batch_size, progress=progress), None)]
         except ImageError as exc:
             yield [(i, None, str(exc).removeprefix(f"{s.path}: "))]
 
@@ -321,11 +322,11 @@ def tiled_batches(tok, sources: list[Source], size, precision: str, batch_size: 
 class progress_for:
     """Context manager: (progress, advance(n)) with an images/s readout; silent when disabled."""
 
-    def __init__(self, console, total: int, label: str, enabled: bool):
+    def __init__(self, console, total: int | None, label: str, enabled: bool, unit: str = "img"):
         from .runtime import progress_bar
 
         self.progress = progress_bar(console, total, label, enabled)
-        self.total = total
+        self.total, self.unit = total, unit  # total None: unknown (a count with no bar end)
 
     def __enter__(self):
         self.progress.start()
@@ -334,7 +335,7 @@ class progress_for:
 
         def advance(n: int) -> None:
             count[0] += n
-            self.progress.update(task, advance=n, rate=f"{count[0] / max(time.time() - t0, 1e-9):.0f} img/s")
+            self.progress.update(task, advance=n, rate=f"{count[0] / max(time.time() - t0, 1e-9):.0f} {self.unit}/s")
 
         return self.progress, advance
 

@@ -111,3 +111,18 @@ def test_feathering_evens_out_a_step_at_a_tile_border_and_leaves_interiors():
     assert float((out[:, :, 16] - out[:, :, 15]).abs().max()) < 0.2 * 0.4
     assert torch.equal(out[:, :, :16 - FEATHER], img[:, :, :16 - FEATHER])   # far from any border: untouched
     assert torch.equal(feather_seams(torch.full((3, 32, 48), 0.5), 16), torch.full((3, 32, 48), 0.5))  # no step, no change
+
+
+def test_eval_at_native_size_scores_the_stitched_decode_beside_the_codec(run, tok, wide, tmp_path):
+    (tmp_path / "set").mkdir()
+    Image.open(wide).save(tmp_path / "set" / "a.png")
+    (tmp_path / "set" / "bad.png").write_bytes(b"nope")
+    r = run("eval", tmp_path / "set", "--size", "native", "-f", "json")
+    assert r.exit_code == 0 and "bad.png" in r.stderr
+    rep = json.loads(r.stdout)
+    x = np.asarray(Image.open(wide).convert("RGB"), dtype=np.float64)
+    ours = np.asarray(tok.decode(tok.encode(wide, size="native")), dtype=np.float64)
+    codec = np.asarray(Image.open(wide).convert("RGB").resize((12, 8), Image.BICUBIC).resize((48, 32), Image.BICUBIC), dtype=np.float64)
+    db = lambda a, b: 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2))
+    assert rep["images"] == 1 and rep["failed"] == 1 and rep["size"] == "native"
+    assert rep["psnr"] == pytest.approx(db(x, ours), abs=1e-6) and rep["codec_psnr"] == pytest.approx(db(x, codec), abs=1e-6)
