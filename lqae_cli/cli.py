@@ -329,6 +329,8 @@ def show(
     images: Annotated[Optional[list[Path]], typer.Argument(help="images to draw, one row each")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG sheet to write")] = Path("card.png"),
     tokens: Annotated[Optional[Path], typer.Option("--tokens", "-t", help="draw a (hand-edited) token file instead; '-' = stdin")] = None,
+    size: Annotated[Optional[str], typer.Option(help="encode at this size (N or native, as for encode) and draw a window of 2 x 2 tiles")] = None,
+    region: Annotated[Optional[str], typer.Option(help="with --size: the window's top-left tile as ROW,COL (default: the centre)")] = None,
     weights: Weights = None, device: Device = None,
 ):
     """A picture of what the words say: input | reconstruction | words on the patch grid."""
@@ -337,8 +339,14 @@ def show(
 
     if not images and tokens is None:
         raise typer.BadParameter("give images or --tokens FILE")
+    try:
+        where = tuple(int(v) for v in region.split(",")) if region is not None else None
+    except ValueError:
+        where = ()
+    if where is not None and len(where) != 2:
+        raise typer.BadParameter("give the tile as ROW,COL, e.g. 2,3", param_hint="--region")
     tok = load(weights, device)
-    sheet, rows = contact_sheet(tok, images or [], tokens)
+    sheet, rows = contact_sheet(tok, images or [], tokens, size, where)
     save_png(output, sheet)
     print(f"wrote {output} ({rows} row{'s' if rows != 1 else ''})", file=sys.stderr)
 

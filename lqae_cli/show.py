@@ -49,8 +49,7 @@ def layout_words(tokens: list[list[str]], cell: int, fnt) -> list[WordCell]:
 
 
 def word_panel(background: Image.Image, tokens: list[list[str]]) -> tuple[Image.Image, list[WordCell]]:
-    g = len(tokens)
-    cell = PANEL // g
+    cell = PANEL // max(len(tokens), len(tokens[0]))
     faded = Image.blend(background.convert("RGB").resize((PANEL, PANEL), Image.BICUBIC), Image.new("RGB", (PANEL, PANEL), "white"), 0.72)
     draw = ImageDraw.Draw(faded, "RGBA")
     fnt = font(max(8, min(18, cell // 4)))
@@ -90,13 +89,24 @@ def sheet(rows: list[tuple[str, Image.Image | None, Image.Image, list[list[str]]
     return out, all_cells
 
 
-def contact_sheet(tok, images: list, tokens: str | None = None) -> tuple[Image.Image, int]:
-    """A sheet with one row per image (input | reconstruction | its words) and, with `tokens` (a token
-    file or '-'), one row per grid in it (its reconstruction | its words). Returns (sheet, rows)."""
-    from .convert import Tally, read_token_inputs
+REGION_TILES = 2  # a large image is shown as a window of 2 x 2 tiles, so its words stay legible
 
+
+def contact_sheet(tok, images: list, tokens: str | None = None, size=None, region: tuple[int, int] | None = None
+                  ) -> tuple[Image.Image, int]:
+    """A sheet with one row per image (input | reconstruction | its words) and, with `tokens` (a token
+    file or '-'), one row per grid in it (its reconstruction | its words). Returns (sheet, rows).
+    With `size` (as for encode), a large image is shown as a window of REGION_TILES x REGION_TILES tiles:
+    the one whose top-left tile is `region` (tile row, tile column), else the one at the image's centre."""
+    from .convert import Tally, read_token_inputs
+    from .tiles import fit, parse_size
+
+    size = parse_size(size, tok.image_size)
     rows = []
     for image in images:
+        if size is not None:
+            rows.append(_region_row(tok, str(image), fit(tok.rgb(image), size), region))
+            continue
         x = tok.pixels(image)
         grid = tok.encode(to_pil(x))
         rows.append((str(image), to_pil(x), tok.decode(grid), grid.words))
@@ -104,6 +114,20 @@ def contact_sheet(tok, images: list, tokens: str | None = None) -> tuple[Image.I
         for job in read_token_inputs(tok, str(tokens), Tally()):
             rows.append((f"{job.name} (tokens)", None, tok.decode(job.grid), job.grid.words))
     return sheet(rows)[0], len(rows)
+
+
+def _region_row(tok, name: str, img: Image.Image, region: tuple[int, int] | None):
+    grid = tok.encode(img, size="native")
+    decoded = tok.decode(grid)
+    g, t, n = tok.grid_size, tok.image_size, REGION_TILES
+    tile_rows, tile_cols = grid.shape[0] // g, grid.shape[1] // g
+    r, c = region if region is not None else ((tile_rows - n) // 2, (tile_cols - n) // 2)
+    r, c = max(0, min(r, tile_rows - 1)), max(0, min(c, tile_cols - 1))
+    nr, nc = min(n, tile_rows - r), min(n, tile_cols - c)
+    box = (c * t, r * t, (c + nc) * t, (r + nr) * t)
+    words = [row[c * g:(c + nc) * g] for row in grid.words[r * g:(r + nr) * g]]
+    title = f"{name}: tiles {r}-{r + nr - 1} x {c}-{c + nc - 1} of {tile_rows} x {tile_cols} ({img.width}x{img.height} px)"
+    return title, img.crop(box), decoded.crop(box), words
 
 
 def save_png(path, img: Image.Image) -> None:

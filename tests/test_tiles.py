@@ -126,3 +126,20 @@ def test_eval_at_native_size_scores_the_stitched_decode_beside_the_codec(run, to
     db = lambda a, b: 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2))
     assert rep["images"] == 1 and rep["failed"] == 1 and rep["size"] == "native"
     assert rep["psnr"] == pytest.approx(db(x, ours), abs=1e-6) and rep["codec_psnr"] == pytest.approx(db(x, codec), abs=1e-6)
+
+
+def test_show_draws_a_legible_window_of_a_large_grid(run, tok, wide, tmp_path):
+    from lqae_cli.show import contact_sheet
+
+    out = tmp_path / "sheet.png"
+    r = run("show", wide, "--size", "native", "--region", "0,1", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    _, rows = contact_sheet(tok, [wide], size="native", region=(0, 1))
+    assert rows == 1 and Image.open(out).size[0] > 0
+    from lqae_cli.show import _region_row
+
+    title, inp, rec, words = _region_row(tok, "w", Image.open(wide).convert("RGB"), (0, 1))
+    grid = tok.encode(wide, size="native")
+    assert words == [row[4:12] for row in grid.words[0:8]] and inp.size == rec.size == (32, 32)
+    assert "tiles 0-1 x 1-2 of 2 x 3" in title
+    assert run("show", wide, "--size", "native", "--region", "x", "-o", out).exit_code == 2
