@@ -108,12 +108,11 @@ def encode(
     from .distributed import setup_ranks, shard_of
     from .runtime import reading_workers, stderr_console
     from .shards import convert_shards, shard_paths
+    from .tiles import parse_size
     from .tokenizer import load
 
     if not inputs and from_list is None:
         raise typer.BadParameter("give images, folders, '-' or --from-list")
-    from .tiles import parse_size
-
     ranks = setup_ranks(device)
     if ranks.distributed and ("-" in (inputs or []) or from_list == "-"):
         raise LQAEError("under torchrun the inputs cannot come from standard input: give files, folders, shards or a list file")
