@@ -71,8 +71,10 @@ def _cpu_key() -> str:
     import hashlib
     import platform
 
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "") \
-        if platform.system() == "Linux" else platform.processor()
+    model = platform.processor()
+    if platform.system() == "Linux":
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     flags = hashlib.sha1(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
     return f"{model}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
