@@ -78,7 +78,8 @@ def _read(path: Path, check=None, tensors: bool = True) -> tuple[dict[str, torch
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if check is not None:
-                header = {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+                slices = {k: f.get_slice(k) for k in f.keys()}
+                header = {k: (str(s.get_dtype()), tuple(s.get_shape())) for k, s in slices.items()}
                 check(header, meta)
             loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

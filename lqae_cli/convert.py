@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-import numpy as np
 import torch
 
 from .checkpoint import atomic_write_bytes
-from .data import list_images, load_image, to_uint8
+from .data import list_images, load_image
 from .errors import ImageError, LQAEError, TokenError
 from .tokens import WordGrid, format_grid
 
@@ -400,12 +399,10 @@ def _mirror(grid: WordGrid, n: int, stem: str) -> PurePath:
     return PurePath(f"{stem}-{n:06d}")
 
 
-def png_bytes(arr) -> bytes:
-    """A (H, W, 3) uint8 array -> PNG file bytes."""
-    from PIL import Image
-
+def png_bytes(img) -> bytes:
+    """A PIL image -> PNG file bytes."""
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -434,21 +431,13 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
         advance(len(jobs) - len(todo))
     if dest.kind == "stdout" and todo and sys.stdout.isatty():
         raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
-    g = tok.grid_size
-    one_tile = [j for j in todo if j.grid.shape == (g, g) and j.grid.pixel_size is None]
-    tiled = [j for j in todo if not (j.grid.shape == (g, g) and j.grid.pixel_size is None)]
-    chunks = [one_tile[s:s + batch_size] for s in range(0, len(one_tile), batch_size)] + [[j] for j in tiled]
-    tiled_jobs = {id(j) for j in tiled}
-    for chunk in chunks:
-        if id(chunk[0]) in tiled_jobs:  # an image of several tiles: its tiles batched, stitched, cropped
-            arrays = [np.asarray(tok.decode(chunk[0].grid, precision=precision, batch_size=batch_size))]
-        else:
-            arrays = to_uint8(tok.decode_ids(torch.tensor([j.grid.ids for j in chunk], dtype=torch.long), precision))
-        for job, arr in zip(chunk, arrays):
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        for job, img in zip(chunk, tok.decode([j.grid for j in chunk], precision=precision, batch_size=batch_size)):
             if job.out is not None:
-                write_output(tally, job.name, job.out, png_bytes(arr))
+                write_output(tally, job.name, job.out, png_bytes(img))
                 continue
-            sys.stdout.buffer.write(png_bytes(arr))
+            sys.stdout.buffer.write(png_bytes(img))
             sys.stdout.buffer.flush()
             tally.converted += 1
         if advance:

@@ -50,13 +50,23 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return s.flatten(1).mean(1).float()
 
 
+def shrink_codec(img: Image.Image, factor: int) -> Image.Image:
+    """The trivial codec: shrink by `factor` per side and enlarge back, both bicubic (Pillow)."""
+    w, h = img.size
+    return img.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.BICUBIC).resize((w, h), Image.BICUBIC)
+
+
+def psnr_u8(a, b) -> float:
+    """PSNR in dB of two uint8 arrays of the same shape (any shape: a whole image or selected pixels)."""
+    import numpy as np
+
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
+
+
 def thumbnail_codec(images: torch.Tensor, thumb: int) -> torch.Tensor:
-    """The trivial codec: shrink to thumb x thumb pixels and enlarge back, both bicubic (Pillow)."""
-    out = []
-    for img in images:
-        pil = to_pil(img)
-        out.append(to_tensor(pil.resize((thumb, thumb), Image.BICUBIC).resize(pil.size, Image.BICUBIC)))
-    return torch.stack(out)
+    """`shrink_codec` to thumb x thumb pixels, for a batch (B, 3, S, S) in [0, 1]."""
+    return torch.stack([to_tensor(shrink_codec(to_pil(img), img.shape[-1] // thumb)) for img in images])
 
 
 # --- codebook ----------------------------------------------------------------------
@@ -259,7 +269,6 @@ def evaluate_at_size(tok, data: Path, size, limit: int | None = None, progress=N
         files = files[:: max(1, len(files) // limit)][:limit]
     factor = tok.config.patch_size
     ours, base, failed, pixels = [], [], [], 0
-    db = lambda a, b: float(10 * np.log10(255.0 ** 2 / max(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2), 1e-12)))
     for f in files:
         try:
             img = fit(tok.rgb(f), size)
@@ -268,10 +277,8 @@ def evaluate_at_size(tok, data: Path, size, limit: int | None = None, progress=N
             continue
         w, h = img.size
         decoded = tok.decode(tok.encode(img, size="native"))
-        codec = img.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.BICUBIC).resize((w, h), Image.BICUBIC)
-        x = np.asarray(img)
-        ours.append(db(x, np.asarray(decoded)))
-        base.append(db(x, np.asarray(codec)))
+        ours.append(psnr_u8(img, decoded))
+        base.append(psnr_u8(img, shrink_codec(img, factor)))
         pixels += w * h
         if progress:
             progress(1)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write
-from .data import IMAGE_SUFFIXES, load_image, to_uint8
+from .data import IMAGE_SUFFIXES, load_image
 from .errors import ImageError, LQAEError, TokenError
 from .tokens import WordGrid, format_grid, record
 
@@ -197,8 +197,8 @@ def decode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, pr
     members = []
     for start in range(0, len(grids), batch_size):
         chunk = grids[start:start + batch_size]
-        ids = torch.tensor([g.ids for _, g in chunk], dtype=torch.long)
-        members += [(f"{key}.png", png_bytes(arr)) for (key, _), arr in zip(chunk, to_uint8(tok.decode_ids(ids, precision)))]
+        images = tok.decode([g for _, g in chunk], precision=precision, batch_size=batch_size)
+        members += [(f"{key}.png", png_bytes(img)) for (key, _), img in zip(chunk, images)]
         tally.converted += len(chunk)
         if advance:
             advance(len(chunk))

@@ -105,6 +105,7 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
     from .checkpoint import read_card
     from .errors import LMError
     from .lm import LanguageModel
+    from .precision import explain
 
     path = weights_path(weights)
     card = read_card(path)
@@ -113,8 +114,6 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
         allowed = len(LanguageModel.load(cfg.lm_name).allowed_ids(cfg.vocab_rule))
     except LMError:
         allowed = None
-    from .precision import explain
-
     return {"checkpoint": str(path), "auto_precision": explain(resolve_device(None)),
             "image_size": cfg.image_size, "patch_size": cfg.patch_size,
             "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,

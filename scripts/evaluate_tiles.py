@@ -19,12 +19,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lqae_cli import load  # noqa: E402
+from lqae_cli.evaluate import psnr_u8 as psnr, shrink_codec  # noqa: E402
 
 BAND = 4
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0 ** 2 / max(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2), 1e-12)))
 
 
 def border_mask(h: int, w: int, tile: int, band: int = BAND) -> np.ndarray:
@@ -44,11 +41,6 @@ def patch_border_mask(h: int, w: int, tile: int, patch: int, band: int = BAND) -
     return border_mask(h, w, patch, band) & ~border_mask(h, w, tile, band)
 
 
-def codec(img: Image.Image, factor: int = 8) -> Image.Image:
-    w, h = img.size
-    return img.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.BICUBIC).resize((w, h), Image.BICUBIC)
-
-
 def main() -> None:
     import build_data
 
@@ -63,7 +55,7 @@ def main() -> None:
     for name in sorted(build_data.HELDOUT_PHOTOS):
         img = Image.fromarray(photos[name]).convert("RGB")
         ours = tok.decode(tok.encode(img, size="native"))
-        base = codec(img)
+        base = shrink_codec(img, tok.config.patch_size)
         x, y, z = (np.asarray(i) for i in (img, ours, base))
         mask = border_mask(img.height, img.width, tok.image_size)
         control = patch_border_mask(img.height, img.width, tok.image_size, tok.config.patch_size)
