@@ -160,10 +160,13 @@ class LQAE(nn.Module):
         so a small share of words differ from the fp32 ones."""
         if precision not in ENCODE_PRECISIONS:
             raise ConfigError(f"unknown precision '{precision}' (fp32 or bf16)")
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            u = self.encoder(images * 2 - 1)
+        from .precision import strict_fp32
+
         g = self.cfg.grid_size
-        return self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
+        with strict_fp32():  # no TF32 on CUDA: the search's error bound assumes fp32 products
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                u = self.encoder(images * 2 - 1)
+            return self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:

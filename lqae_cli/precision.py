@@ -11,6 +11,7 @@ bf16 kernels), so a CPU's result is kept in the user's cache folder ($XDG_CACHE_
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -32,6 +33,19 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """fp32 products and convolutions computed in full fp32 inside the block: CUDA's TF32 shortcuts
+    (cuDNN convolutions use them by default) are switched off and the previous settings restored after.
+    The reference words are fp32 words; TF32 rounds inputs to 10 mantissa bits and moves some."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def native_bf16(device: torch.device) -> bool:

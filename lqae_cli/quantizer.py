@@ -58,7 +58,8 @@ class QuantizerOutput:
 
 KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) may use the k-d tree; fewer always use
                            # the dense pass, which needs no scipy import (a one-image encode starts faster)
-DENSE_CHUNK = 256          # rows per dense product: its (256 x 21,745) scores stay in cache
+DENSE_CHUNK = 256          # rows per dense product on a CPU: its (256 x 21,745) scores stay in cache
+GPU_CHUNK = 16384          # rows per dense product on a GPU (fewer kernel launches; 1.4 GB of scores)
 SCORE_BLOCK = 512          # words per block in the dense candidate pass (its block maxima reduce contiguous scores)
 SCORE_ERROR = 2.0 ** -7    # bound on |bf16 score - exact score| for unit vectors (2^-8 + 2^-9, rounded up)
 
@@ -130,7 +131,7 @@ class WordQuantizer(nn.Module):
         return len(self.allowed_ids)
 
     @torch.no_grad()
-    def nearest_ids(self, u: torch.Tensor, chunk: int = DENSE_CHUNK, method: str = "auto") -> torch.Tensor:
+    def nearest_ids(self, u: torch.Tensor, chunk: int | None = None, method: str = "auto") -> torch.Tensor:
         """Exact cosine nearest allowed word for each vector u (..., k) -> vocabulary ids (...).
 
         The same ids whatever the batch size, chunking, method or device (see the module docstring):
@@ -140,6 +141,7 @@ class WordQuantizer(nn.Module):
         "kdtree". A non-finite vector raises LQAEError.
         """
         shape = u.shape[:-1]
+        chunk = chunk or (DENSE_CHUNK if u.device.type == "cpu" else GPU_CHUNK)
         flat = F.normalize(u.reshape(-1, u.shape[-1]).float(), dim=-1)
         if not bool(torch.isfinite(flat).all()):
             raise LQAEError("cannot match a non-finite vector to a word")

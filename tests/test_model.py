@@ -207,3 +207,21 @@ def test_state_size_counts_the_state_dict(tiny_lm, kw):
 
     model = LQAE(tiny_config(tiny_lm, **kw), tiny_lm)
     assert state_size(model.cfg, tiny_lm.hidden_size) == sum(v.numel() for v in model.state_dict().values())
+
+
+def test_strict_fp32_turns_tf32_off_inside_and_restores_the_settings():
+    """fp32 encoding must not use CUDA's TF32 shortcuts (they move words): the block switches them off
+    and puts back whatever the caller had."""
+    from lqae_cli.precision import strict_fp32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with strict_fp32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), strict_fp32():
+            raise RuntimeError("a failure inside still restores")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
