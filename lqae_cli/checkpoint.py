@@ -8,6 +8,7 @@ every tensor's name, shape and dtype against that model before reading any tenso
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -121,11 +122,31 @@ def parse_metadata(path: Path, meta: dict[str, str]) -> dict:
     return card
 
 
+@contextlib.contextmanager
+def _no_random_init():
+    """Modules made inside get their parameters allocated but not randomly initialised: a checkpoint
+    overwrites every one of them, and drawing 7M random numbers is a tenth of a one-image start. (It
+    swaps torch.nn.init's functions for the duration, as model libraries do when they load weights.)"""
+    import torch.nn.init as init
+
+    names = ("kaiming_uniform_", "kaiming_normal_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_",
+             "xavier_normal_", "ones_", "zeros_")
+    saved = {n: getattr(init, n) for n in names}
+    for n in names:
+        setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
 def _build(cfg: LQAEConfig, lm: LanguageModel, path: Path):
     from .model import LQAE
 
     try:
-        return LQAE(cfg, lm, fit_matching=False)
+        with _no_random_init():
+            return LQAE(cfg, lm, fit_matching=False)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 
@@ -170,6 +191,8 @@ def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel
 
     tensors, _ = _read(path, check)
     model = state["model"]
-    model.load_state_dict(tensors, strict=True)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    # assign: the read tensors become the parameters (no second copy); each in the model's own dtype
+    model.load_state_dict({k: v.to(dtypes[k]) for k, v in tensors.items()}, strict=True, assign=True)
     model.card = state["card"]
     return model.to(device).eval()

@@ -21,6 +21,7 @@ from .errors import LMError
 
 _SPECIAL = re.compile(r"^(\[[A-Za-z_]+[0-9]*\]|<[^>]+>)$")  # [CLS] [unused12] <s> <mask> ...
 _WHOLE_WORD = re.compile(r"^[a-z]+$")
+FINGERPRINT_CACHE = "lm-fingerprints.json"
 
 
 
@@ -79,8 +80,8 @@ class LanguageModel:
     lm_dir: Path
     vocab: list[str]
     word_embeddings: torch.Tensor  # (V, D) frozen codebook
-    _token_to_id: dict[str, int] = field(default_factory=dict, repr=False)
     _allowed: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    from_files: bool = field(default=False, repr=False)  # vocab and table exactly as `load` read them from lm_dir
 
     @classmethod
     def load(cls, name: str = DEFAULT_LM) -> "LanguageModel":
@@ -90,14 +91,20 @@ class LanguageModel:
         if emb.shape[0] != len(vocab):
             # Some models pad the table past the vocabulary; the extra rows are never codes.
             vocab = vocab + [f"[pad-row-{i}]" for i in range(len(vocab), emb.shape[0])]
-        lm = cls(name=name, lm_dir=lm_dir, vocab=vocab[: emb.shape[0]], word_embeddings=emb)
-        lm._token_to_id = {t: i for i, t in enumerate(lm.vocab)}
-        return lm
+        return cls(name=name, lm_dir=lm_dir, vocab=vocab[: emb.shape[0]], word_embeddings=emb, from_files=True)
 
     # --- vocabulary -------------------------------------------------------
     @property
     def hidden_size(self) -> int:
         return self.word_embeddings.shape[1]
+
+    @cached_property
+    def _token_to_id(self) -> dict[str, int]:
+        """token -> id, the first id where a token repeats (built on first use: encoding needs none)."""
+        ids: dict[str, int] = {}
+        for i, t in enumerate(self.vocab):
+            ids.setdefault(t, i)
+        return ids
 
     def token_id(self, token: str) -> int | None:
         return self._token_to_id.get(token)
@@ -107,8 +114,8 @@ class LanguageModel:
 
     def special_id(self, *candidates: str) -> int:
         for c in candidates:
-            if c in self._token_to_id:
-                return self._token_to_id[c]
+            if c in self.vocab:  # a list scan: the specials sit near the start of the vocabulary
+                return self.vocab.index(c)
         raise LMError(f"the language model has none of the tokens {candidates}")
 
     @cached_property
@@ -134,12 +141,15 @@ class LanguageModel:
             raise LMError(f"unknown vocabulary rule '{rule}' (choose from {', '.join(VOCAB_RULES)})")
         keep = []
         seen: set[str] = set()
-        if rule == "words":  # ^[a-z]+$, without a regex per token (this runs at every start)
-            for i, tok in enumerate(self.vocab):
-                if tok.isascii() and tok.isalpha() and tok.islower() and tok not in seen:
-                    seen.add(tok)
-                    keep.append(i)
-            return torch.tensor(keep, dtype=torch.long, device="cpu")
+        if rule == "words":  # ^[a-z]+$, vectorised (this runs at every start)
+            import numpy as np
+
+            arr = np.array(self.vocab, dtype=str)
+            codes = arr.view(np.uint32).reshape(len(arr), -1)           # UTF-32 code points, 0-padded
+            whole = ((codes == 0) | ((codes >= ord("a")) & (codes <= ord("z")))).all(1) & (codes[:, 0] != 0)
+            ids = np.flatnonzero(whole)
+            _, first = np.unique(arr[ids], return_index=True)             # a repeated token keeps its first id
+            return torch.from_numpy(np.sort(ids[first]).astype(np.int64))
         for i, tok in enumerate(self.vocab):
             if not tok or _SPECIAL.match(tok) or tok in seen or tok.strip() != tok:
                 continue
@@ -151,11 +161,35 @@ class LanguageModel:
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha1 over the vocabulary and the embedding table: identifies the LM exactly."""
+        """sha1 over the vocabulary and the embedding table: identifies the LM exactly. Hashing the table
+        takes a noticeable share of a one-image start, so the result is cached per machine, keyed by the
+        model folder and the size and modification time of its files (any change hashes again)."""
+        from .runtime import read_cache, write_cache
+
+        key = self._files_key()
+        cached = read_cache(FINGERPRINT_CACHE).get(key) if key else None
+        if isinstance(cached, str):
+            return cached
         h = hashlib.sha1()
         h.update("\n".join(self.vocab).encode("utf-8"))
         h.update(self.word_embeddings.contiguous().numpy().data)
-        return h.hexdigest()[:16]
+        fingerprint = h.hexdigest()[:16]
+        if key:
+            write_cache(FINGERPRINT_CACHE, {**read_cache(FINGERPRINT_CACHE), key: fingerprint})
+        return fingerprint
+
+    def _files_key(self) -> str | None:
+        """The model folder and (name, size, mtime in ns) of the files the fingerprint is made of; None
+        when they cannot be read or this LM was not read from them as they are (then nothing is cached)."""
+        if not self.from_files:
+            return None
+        try:
+            stats = [(f, (self.lm_dir / f).stat()) for f in ("model.safetensors", "vocab.txt", "tokenizer.json")
+                     if (self.lm_dir / f).exists()]
+            return json.dumps([str(self.lm_dir.resolve()), len(self.vocab),
+                               [(f, s.st_size, s.st_mtime_ns) for f, s in stats]])
+        except OSError:
+            return None
 
     # --- the frozen layers ------------------------------------------------
     @cached_property

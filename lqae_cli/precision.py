@@ -20,6 +20,7 @@ import torch
 PRECISIONS = ("fp32", "bf16")
 CHOICES = ("auto", *PRECISIONS)
 BF16_MIN_SPEEDUP = 1.15
+SPEEDUP_CACHE = "bf16-speedup.json"
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,13 +75,6 @@ def _matmul_seconds(dtype: torch.dtype, device: torch.device, repeats: int = 5) 
     return sorted(times)[len(times) // 2]
 
 
-def _cache_file():
-    import os
-    from pathlib import Path
-
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lqae" / "bf16-speedup.json"
-
-
 def _cpu_key() -> str:
     import hashlib
     import platform
@@ -97,25 +91,17 @@ def _cpu_key() -> str:
 def bf16_speedup(device: torch.device) -> float:
     """fp32 time / bf16 time of a product of the model's shapes on this device (measured once; on a CPU,
     once per machine: the result is cached on disk)."""
-    import json
+    from .runtime import read_cache, write_cache
 
-    from .checkpoint import atomic_write_bytes
-
-    key, cached = None, {}
+    key = None
     if device.type == "cpu":
-        try:
-            key = _cpu_key()
-            cached = json.loads(_cache_file().read_text())
-            if isinstance(cached.get(key), float):
-                return cached[key]
-        except (OSError, ValueError, AttributeError):
-            cached = cached if isinstance(cached, dict) else {}
+        key = _cpu_key()
+        cached = read_cache(SPEEDUP_CACHE).get(key)
+        if isinstance(cached, float):
+            return cached
     speedup = _matmul_seconds(torch.float32, device) / _matmul_seconds(torch.bfloat16, device)
     if key is not None:
-        try:
-            atomic_write_bytes(_cache_file(), json.dumps({**cached, key: speedup}, indent=1).encode())
-        except OSError:
-            pass  # a read-only home: measure again next time
+        write_cache(SPEEDUP_CACHE, {**read_cache(SPEEDUP_CACHE), key: speedup})
     return speedup
 
 

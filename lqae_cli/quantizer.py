@@ -114,8 +114,9 @@ class WordQuantizer(nn.Module):
 
     @torch.no_grad()
     def refresh_codes(self) -> None:
-        codes = (self.codebook[self.allowed_ids] - self.match_mean) @ self.match_proj
-        self.match_codes.copy_(F.normalize(codes, dim=-1))
+        rows = self.codebook.index_select(0, self.allowed_ids)
+        rows.sub_(self.match_mean)  # in place: the same numbers as (rows - mean), one 33 MB buffer fewer at start
+        self.match_codes.copy_(F.normalize(rows @ self.match_proj, dim=-1))
         self.build_search_codes()
 
     def build_search_codes(self) -> None:

@@ -1,4 +1,5 @@
-"""What the batch commands share: reading workers and the stderr console with its progress bar."""
+"""What the commands share: reading workers, the stderr console with its progress bar, and the small
+per-machine cache ($XDG_CACHE_HOME/lqae, else ~/.cache/lqae) of things slow to find out at each start."""
 from __future__ import annotations
 
 import os
@@ -15,16 +16,79 @@ def reading_workers(requested: int | None, device) -> int:
     return min(4, cores // 4) if device.type == "cpu" else min(4, max(1, cores - 1))
 
 
-def stderr_console(quiet: bool = False):
-    from rich.console import Console
+class _LazyConsole:
+    """rich's stderr Console, imported and made on first use: a one-image command that prints nothing to
+    stderr does not pay for importing rich (a few hundredths of a second of its start)."""
 
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    def __init__(self, quiet: bool):
+        self.quiet, self._console = quiet, None
+
+    @property
+    def rich(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, quiet=self.quiet, highlight=False)
+        return self._console
+
+    def __getattr__(self, name):
+        return getattr(self.rich, name)
+
+
+def stderr_console(quiet: bool = False):
+    return _LazyConsole(quiet)
+
+
+class _NoProgress:
+    """What a disabled progress bar does: nothing (and imports nothing)."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass
 
 
 def progress_bar(console, total: int, label: str, enabled: bool):
     """A rich progress bar on stderr, only when stderr is a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        return _NoProgress()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    enabled = enabled and sys.stderr.isatty()
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+                    TimeRemainingColumn(), console=getattr(console, "rich", console), transient=False)
+
+
+def cache_file(name: str):
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lqae" / name
+
+
+def read_cache(name: str) -> dict:
+    """The JSON object cached under `name`, or {} if there is none or it is unreadable."""
+    import json
+
+    try:
+        data = json.loads(cache_file(name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_cache(name: str, data: dict) -> None:
+    """Replace the cached object atomically; a read-only home only means finding it out again next time."""
+    import json
+
+    from .checkpoint import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(cache_file(name), json.dumps(data, indent=1).encode())
+    except OSError:
+        pass
