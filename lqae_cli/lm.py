@@ -147,6 +147,8 @@ class LanguageModel:
             arr = np.array(self.vocab, dtype=str)
             codes = arr.view(np.uint32).reshape(len(arr), -1)           # UTF-32 code points, 0-padded
             whole = ((codes == 0) | ((codes >= ord("a")) & (codes <= ord("z")))).all(1) & (codes[:, 0] != 0)
+            # numpy drops trailing NUL characters: a token that had some is not a whole word
+            whole &= np.char.str_len(arr) == np.fromiter(map(len, self.vocab), np.int64, len(self.vocab))
             ids = np.flatnonzero(whole)
             _, first = np.unique(arr[ids], return_index=True)             # a repeated token keeps its first id
             return torch.from_numpy(np.sort(ids[first]).astype(np.int64))

@@ -77,3 +77,53 @@ def test_packaged_minilm_loads_offline(monkeypatch):
     assert 20000 < len(words) < len(lm.allowed_ids("all")) < 30522
     h = lm.hidden_states(lm.word_embeddings[words[:5]].unsqueeze(0))
     assert h.shape == (1, 5, 384) and torch.isfinite(h).all()
+
+
+def _plain_sha1(lm) -> str:
+    import hashlib
+
+    h = hashlib.sha1("\n".join(lm.vocab).encode("utf-8"))
+    h.update(lm.word_embeddings.contiguous().numpy().data)
+    return h.hexdigest()[:16]
+
+
+def test_fingerprint_cache_follows_the_files(tmp_path):
+    """The fingerprint is cached per machine, keyed by the model files; a changed table hashes again,
+    and an LM made in memory (not read from its files as they are) never uses the cache."""
+    import json
+    import os
+
+    from conftest import make_tiny_lm
+    from safetensors.torch import load_file, save_file
+
+    from lqae_cli.lm import FINGERPRINT_CACHE
+    from lqae_cli.runtime import cache_file
+
+    d = make_tiny_lm(tmp_path / "lm")
+    first = LanguageModel.load(str(d))
+    assert first.fingerprint == _plain_sha1(first)
+    assert first.fingerprint in json.loads(cache_file(FINGERPRINT_CACHE).read_text()).values()
+    assert LanguageModel.load(str(d)).fingerprint == first.fingerprint          # from the cache now
+    tensors = load_file(str(d / "model.safetensors"))
+    key = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, str(d / "model.safetensors"))
+    os.utime(d / "model.safetensors", ns=(1, 1))                              # whatever the clock did
+    changed = LanguageModel.load(str(d))
+    assert changed.fingerprint == _plain_sha1(changed) != first.fingerprint
+    made = LanguageModel(name="x", lm_dir=d, vocab=changed.vocab, word_embeddings=changed.word_embeddings * 2)
+    assert made.fingerprint == _plain_sha1(made) != changed.fingerprint
+
+
+def test_whole_words_rule_matches_the_plain_definition(tmp_path):
+    """The vectorised rule keeps exactly the tokens matching ^[a-z]+$ (first id of a repeated token)."""
+    from lqae_cli.lm import _WHOLE_WORD
+
+    vocab = ["[PAD]", "", "a", "cat", "Cat", "cat", "##s", "über", "naïve", "zz", "x1", "a b", "z", "ab\u0000", "é", "q"]
+    lm = LanguageModel(name="x", lm_dir=tmp_path, vocab=vocab, word_embeddings=torch.zeros(len(vocab), 4))
+    seen, want = set(), []
+    for i, t in enumerate(vocab):
+        if _WHOLE_WORD.match(t) and t not in seen:
+            seen.add(t)
+            want.append(i)
+    assert lm.allowed_ids("words").tolist() == want == [2, 3, 9, 12, 15]
