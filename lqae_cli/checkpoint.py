@@ -125,8 +125,9 @@ def parse_metadata(path: Path, meta: dict[str, str]) -> dict:
 @contextlib.contextmanager
 def _no_random_init():
     """Modules made inside get their parameters allocated but not randomly initialised: a checkpoint
-    overwrites every one of them, and drawing 7M random numbers is a tenth of a one-image start. (It
-    swaps torch.nn.init's functions for the duration, as model libraries do when they load weights.)"""
+    overwrites every one of them, and drawing millions of random numbers only to discard them slows
+    every start. (It swaps torch.nn.init's functions for the duration, as model libraries do when they
+    load weights; not for use while another thread builds modules.)"""
     import torch.nn.init as init
 
     names = ("kaiming_uniform_", "kaiming_normal_", "uniform_", "normal_", "trunc_normal_", "xavier_uniform_",
