@@ -79,19 +79,6 @@ class SeamConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
-    @classmethod
-    def from_json(cls, text: str) -> "SeamConfig":
-        try:
-            d = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"seam config is not JSON ({exc})") from None
-        if not isinstance(d, dict):
-            raise ConfigError("seam config must be a JSON object")
-        unknown = d.keys() - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"seam config: unknown field {sorted(unknown)[0]}")
-        return cls(**d)
-
 
 def border_maps(height: int, width: int, tile: int, scale: float, y0: int = 0, x0: int = 0,
                 device=None) -> torch.Tensor:
