@@ -106,6 +106,17 @@ def patch_edges(h: int, w: int, y0: int = 0, x0: int = 0) -> torch.Tensor:
                         (px == 0)[None].expand(h, w), (px == 7)[None].expand(h, w)]).float()
 
 
+def border_ramp(h: int, w: int, width: int, y0: int = 0, x0: int = 0) -> torch.Tensor:
+    """(1, h, w) pixel weights: 1 next to a tile border, falling linearly to 0 at `width` pixels from it
+    (the larger of the two axes' weights), for the window whose top-left pixel is (y0, x0)."""
+    def axis(n: int, start: int) -> torch.Tensor:
+        p = (torch.arange(start, start + n) % T).float()
+        d = torch.minimum(p, T - 1 - p) + 0.5
+        return (1 - (d - 0.5) / width).clamp(0, 1)
+
+    return torch.maximum(axis(h, y0)[:, None], axis(w, x0)[None, :])[None]
+
+
 class Stage(nn.Module):
     def __init__(self, states: int, width: int = 128):
         super().__init__()
@@ -120,13 +131,15 @@ class Stage(nn.Module):
         return F.pixel_shuffle(self.c(h + F.gelu(self.b(h))), 8)
 
 
-def stage(tok, photos, scores, train_photos, steps: int, batch: int = 16, crop: int = 16) -> None:
+def stage(tok, photos, scores, train_photos, steps: int, batch: int = 16, crop: int = 16, border: int = 0) -> None:
+    """border 0: the correction is added everywhere, to the raw stitch. border N: to the feathered stitch,
+    and only within N pixels of a tile border (ramped), so tile interiors stay exactly as decoded."""
     torch.manual_seed(0)
     data = []
     for name, img in train_photos.items():
         for dy, dx in ((0, 0), (32, 32)):
             fmap, dec, orig = stitched(tok.model, img.crop((dx, dy, img.width, img.height)))
-            data.append((fmap.half(), dec, orig))
+            data.append((fmap.half(), feather_seams(dec, T) if border else dec, orig))
     net = Stage(data[0][0].shape[0])
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     sizes = torch.tensor([f.shape[1] * f.shape[2] for f, _, _ in data], dtype=torch.float)
@@ -139,9 +152,11 @@ def stage(tok, photos, scores, train_photos, steps: int, batch: int = 16, crop: 
             y = int(torch.randint(0, fmap.shape[1] - crop + 1, (1,)))
             x = int(torch.randint(0, fmap.shape[2] - crop + 1, (1,)))
             px = (slice(None), slice(y * 8, (y + crop) * 8), slice(x * 8, (x + crop) * 8))
-            parts.append((fmap[:, y:y + crop, x:x + crop].float(), patch_edges(crop, crop, y, x), dec[px], orig[px]))
-        f, e, d, o = (torch.stack(t) for t in zip(*parts))
-        loss = (d + net(f, e) - o).pow(2)[..., 8:-8, 8:-8].mean()
+            ramp = border_ramp(crop * 8, crop * 8, border, y * 8, x * 8) if border else torch.ones(1, crop * 8, crop * 8)
+            parts.append((fmap[:, y:y + crop, x:x + crop].float(), patch_edges(crop, crop, y, x), dec[px], orig[px], ramp))
+        f, e, d, o, r = (torch.stack(t) for t in zip(*parts))
+        err = (d + r * net(f, e) - o).pow(2)[..., 8:-8, 8:-8]
+        loss = err.mean() if not border else (err * (r[..., 8:-8, 8:-8] > 0)).sum() / (r[..., 8:-8, 8:-8] > 0).sum() / 3
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -150,8 +165,14 @@ def stage(tok, photos, scores, train_photos, steps: int, batch: int = 16, crop: 
     with torch.no_grad():
         for name, img in photos.items():
             fmap, dec, _ = stitched(tok.model, img)
-            out = (dec + net(fmap[None], patch_edges(*fmap.shape[1:])[None])[0]).clamp(0, 1)
-            report(name, img, {"feather": feather_seams(dec, T), "stage": out, "stage + feather": feather_seams(out, T)}, scores)
+            corr = net(fmap[None], patch_edges(*fmap.shape[1:])[None])[0]
+            if border:
+                base = feather_seams(dec, T)
+                out = (base + border_ramp(*dec.shape[1:], border) * corr).clamp(0, 1)
+                report(name, img, {"feather": base, f"stage, border {border}": out}, scores)
+            else:
+                out = (dec + corr).clamp(0, 1)
+                report(name, img, {"feather": feather_seams(dec, T), "stage": out, "stage + feather": feather_seams(out, T)}, scores)
 
 
 def main() -> None:
@@ -160,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("experiment", choices=["oracle", "shifted", "stage"])
     ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--border", type=int, default=0, help="stage: correct only within this many pixels of a tile border")
     a = ap.parse_args()
     tok = load(None, "cpu")
     photos = build_data.load_photos()
@@ -172,7 +194,7 @@ def main() -> None:
     else:
         train = {n: Image.fromarray(p).convert("RGB") for n, p in sorted(photos.items())
                  if n not in build_data.HELDOUT_PHOTOS and n != "retina"}
-        stage(tok, held, scores, train, a.steps)
+        stage(tok, held, scores, train, a.steps, border=a.border)
     for way, rs in scores.items():
         print(f"mean     {way:16s} PSNR {np.mean([r[0] for r in rs]):.2f} dB  seam gap {np.mean([r[1] for r in rs]):+.2f} dB")
 
