@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Format = Enum("Format", {f: f for f in ("text", "json", "jsonl", "ids")}, type=str)
 ReportFormat = Enum("ReportFormat", {f: f for f in ("text", "json")}, type=str)
 Precision = Enum("Precision", {p: p for p in ("auto", "fp32", "bf16")}, type=str)
+DecodePrecision = Enum("DecodePrecision", {p: p for p in ("auto", "fp32", "bf16", "int8")}, type=str)
 Preset = Enum("Preset", {p: p for p in PRESETS}, type=str)
 VocabRule = Enum("VocabRule", {r: r for r in VOCAB_RULES}, type=str)
 ReconLoss = Enum("ReconLoss", {r: r for r in RECON_LOSSES}, type=str)
@@ -147,7 +148,7 @@ def decode(
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file, '-' for stdout, or a folder")],
     batch_size: BatchSize = 64,
     skip_existing: Annotated[bool, typer.Option(help="skip outputs that already exist (folder output)")] = True,
-    precision: Annotated[Precision, typer.Option(help="auto: bf16 where it is native and faster here (lqae info says), else fp32")] = Precision.auto,
+    precision: Annotated[DecodePrecision, typer.Option(help="auto: bf16, else the decoder's linear layers in int8 (CPUs), where native and faster here (lqae info says), else fp32")] = DecodePrecision.auto,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Turn words back into an image (through the language model, as in training); token shards into image
@@ -202,6 +203,7 @@ def info(weights: Weights = None, fmt: Annotated[ReportFormat, typer.Option("--f
     print(f"language model    {data['lm']} (fingerprint {data['lm_fingerprint']})")
     print(f"vocabulary        rule '{data['vocab_rule']}', {allowed if allowed is not None else '?'} allowed words")
     print(f"precision auto    {data['auto_precision']}")
+    print(f"decode auto       {data['auto_decode_precision']}")
     n = cfg["decoder_lm_layers"]
     layers = "the LM's last layer" if n == 1 else f"the LM's last {n} layers"
     print(f"model             encoder {cfg['enc_depth']}x{cfg['enc_width']}, decoder {cfg['dec_depth']}x{cfg['dec_width']} reading {layers}, "

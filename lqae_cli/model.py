@@ -169,10 +169,11 @@ class LQAE(nn.Module):
             return self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
 
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """word ids (B, grid, grid) -> images (B, 3, H, W) in [0, 1]. Always through the LM, mask ratio 0."""
+    def decode(self, ids: torch.Tensor, decoder: nn.Module | None = None) -> torch.Tensor:
+        """word ids (B, grid, grid) -> images (B, 3, H, W) in [0, 1]. Always through the LM, mask ratio 0.
+        `decoder`: a stand-in for self.decoder (its int8 copy, `precision.quantize_linears`)."""
         words = self.quantizer.codebook[ids.flatten(1)]
-        out = self.decoder(self.run_lm(words))
+        out = (decoder or self.decoder)(self.run_lm(words))
         return ((out.float() + 1) / 2).clamp(0, 1)
 
     def forward(self, images: torch.Tensor) -> dict:

@@ -105,7 +105,7 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
     from .checkpoint import read_card
     from .errors import LMError
     from .lm import LanguageModel
-    from .precision import explain
+    from .precision import explain, explain_decode
 
     path = weights_path(weights)
     card = read_card(path)
@@ -114,7 +114,8 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
         allowed = len(LanguageModel.load(cfg.lm_name).allowed_ids(cfg.vocab_rule))
     except LMError:
         allowed = None
-    return {"checkpoint": str(path), "auto_precision": explain(resolve_device(None)),
+    device = resolve_device(None)
+    return {"checkpoint": str(path), "auto_precision": explain(device), "auto_decode_precision": explain_decode(device),
             "image_size": cfg.image_size, "patch_size": cfg.patch_size,
             "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,
             "lm_fingerprint": cfg.lm_fingerprint, "vocab_rule": cfg.vocab_rule, "allowed_vocabulary": allowed,
@@ -321,18 +322,28 @@ class Tokenizer:
     def decode_ids(self, ids: torch.Tensor, precision: str = "auto") -> torch.Tensor:
         """(B, grid, grid) integer ids -> (B, 3, S, S) float images in [0, 1], on the model's device.
         Runs the frozen language model (loaded on first use) and the decoder; precision "auto" runs
-        them in bf16 where that is native and faster here (the model card gives its cost in PSNR),
-        "fp32" or "bf16" as asked."""
-        from .precision import resolve
+        them in bf16 where that is native and faster here, else the decoder's linear layers in int8
+        where that is native and faster (CPUs), else fp32 (`lqae_cli.precision`; the model card gives
+        each one's cost in PSNR); "fp32", "bf16" or "int8" as asked."""
+        from .precision import resolve_decode
 
         g = self.grid_size
         if ids.ndim != 3 or tuple(ids.shape[1:]) != (g, g):
             raise TokenError(f"expected ids of shape (B, {g}, {g}), got {tuple(ids.shape)}")
         if ids.is_floating_point() or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.vocab))):
             raise TokenError(f"ids must be integers in 0..{len(self.vocab) - 1}")
-        bf16 = resolve(precision, self.device) == "bf16"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.model.decode(ids.to(self.device, torch.long)).float()
+        precision = resolve_decode(precision, self.device)
+        decoder = self._int8_decoder() if precision == "int8" else None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return self.model.decode(ids.to(self.device, torch.long), decoder).float()
+
+    def _int8_decoder(self):
+        """The decoder with its linear layers in int8, made on first use (kept while the weights are the same)."""
+        from .precision import quantize_linears
+
+        if getattr(self, "_int8", (None, None))[0] is not self.model.decoder:
+            self._int8 = (self.model.decoder, quantize_linears(self.model.decoder))
+        return self._int8[1]
 
     def decode(self, grids, *, batch_size: int = 64, precision: str = "auto", progress=None) -> Image.Image | list[Image.Image]:
         """Word grids -> RGB PIL images: a one-tile grid at the checkpoint's size; a grid of several tiles
@@ -342,7 +353,7 @@ class Tokenizer:
             grids: one grid or a list of them. A grid is a `WordGrid`, a (grid, grid) nested list of ids or
                 of words, a flat list of grid*grid ids or words, token text (any format; one image), or an
                 integer tensor / array (grid, grid); a 3-D tensor (B, grid, grid) is a batch.
-            precision: "auto" (bf16 where native and faster here, else fp32), "fp32" or "bf16".
+            precision: "auto" (bf16, else int8, where native and faster here; else fp32), "fp32", "bf16" or "int8".
         Returns:
             One image for one grid, a list for a list (or a 3-D batch), in order.
         Raises:

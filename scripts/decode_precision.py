@@ -1,5 +1,6 @@
-"""The cost of a bf16 decode in quality: PSNR of fp32 and bf16 decodes of the same fp32 words, on each
-held-out set (after scripts/build_data.py has built data/), and how often the two differ in a pixel.
+"""The cost of the fast decodes in quality: PSNR of fp32, bf16 and int8 (the decoder's linear layers) decodes
+of the same fp32 words, on each held-out set (after scripts/build_data.py has built data/), and how often
+each differs from the fp32 decode in a pixel.
 
     python scripts/decode_precision.py [--weights PATH]
 """
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lqae_cli import load  # noqa: E402
 from lqae_cli.data import list_images, load_image  # noqa: E402
 from lqae_cli.evaluate import psnr  # noqa: E402
+from lqae_cli.precision import auto_decode_precision  # noqa: E402
 
 SETS = {"emoji": ("data/heldout/emoji", None), "photos": ("data/heldout/photos", None), "fashion": ("data/heldout/fashion", 2000)}
 
@@ -24,20 +26,20 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None)
     a = ap.parse_args()
     tok = load(a.weights, "cpu")
-    print(f"precision auto on this machine: {tok.auto_precision}")
+    print(f"auto on this machine: encode {tok.auto_precision}, decode {auto_decode_precision(tok.device)}")
     for name, (folder, limit) in SETS.items():
         files = list_images(Path(folder))
         if limit:
             files = files[:: max(1, len(files) // limit)][:limit]
         x = torch.stack([load_image(f, tok.image_size) for f in files])
         ids = torch.cat([tok.encode_pixels(part) for part in x.split(256)])
-        out = {p: torch.cat([tok.decode_ids(part, p) for part in ids.split(256)]) for p in ("fp32", "bf16")}
+        out = {p: torch.cat([tok.decode_ids(part, p) for part in ids.split(256)]) for p in ("fp32", "bf16", "int8")}
         quantised = {p: (v * 255).round() / 255 for p, v in out.items()}  # as the PNGs hold them
-        p32, p16 = psnr(quantised["fp32"], x).mean().item(), psnr(quantised["bf16"], x).mean().item()
-        differ = (quantised["fp32"] != quantised["bf16"]).float().mean().item()
-        print(f"{name:8s} {len(files):5d} images  PSNR fp32 decode {p32:.3f} dB  bf16 decode {p16:.3f} dB  "
-              f"difference {p16 - p32:+.3f} dB  ({differ:.1%} of 8-bit pixel values differ)", flush=True)
-
+        scores = {p: psnr(v, x).mean().item() for p, v in quantised.items()}
+        line = "  ".join(f"{p} {scores[p]:.3f} dB ({scores[p] - scores['fp32']:+.3f}; "
+                         f"{(quantised[p] != quantised['fp32']).float().mean().item():.1%} of 8-bit values differ)"
+                         for p in ("bf16", "int8"))
+        print(f"{name:8s} {len(files):5d} images  PSNR fp32 decode {scores['fp32']:.3f} dB  {line}", flush=True)
 
 if __name__ == "__main__":
     main()

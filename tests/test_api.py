@@ -234,6 +234,39 @@ def test_auto_precision_is_bf16_only_where_native_and_faster(monkeypatch):
         precision.resolve("fp16", cpu)
 
 
+def test_decode_auto_is_int8_only_where_native_and_faster_and_never_off_the_cpu(monkeypatch):
+    from lqae_cli import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(precision, "auto_precision", lambda device: "fp32")
+    monkeypatch.setattr(precision, "native_int8", lambda device: False)
+    assert precision.resolve_decode("auto", cpu) == "fp32"
+    monkeypatch.setattr(precision, "native_int8", lambda device: True)
+    monkeypatch.setattr(precision, "int8_speedup", lambda device: 0.9)
+    assert precision.resolve_decode("auto", cpu) == "fp32"
+    monkeypatch.setattr(precision, "int8_speedup", lambda device: 1.6)
+    assert precision.resolve_decode("auto", cpu) == "int8" and "1.60x" in precision.explain_decode(cpu)
+    monkeypatch.setattr(precision, "auto_precision", lambda device: "bf16")
+    assert precision.resolve_decode("auto", cpu) == "bf16"
+    assert precision.resolve_decode("int8", cpu) == "int8" and precision.resolve_decode("fp32", cpu) == "fp32"
+    with pytest.raises(lqae.ConfigError, match="CPUs only"):
+        precision.resolve_decode("int8", cuda)
+    with pytest.raises(lqae.ConfigError, match="int8"):
+        precision.resolve_decode("int4", cpu)
+
+
+def test_int8_decode_is_close_to_fp32_deterministic_and_leaves_the_model_alone(tok, photo):
+    grid = tok.encode(photo)
+    ids = torch.tensor([grid.ids])
+    fp32 = tok.decode_ids(ids, "fp32")
+    int8 = tok.decode_ids(ids, "int8")
+    assert torch.equal(int8, tok.decode_ids(ids, "int8"))
+    assert not torch.equal(int8, fp32)                               # it did run quantised
+    assert -10 * torch.log10((int8 - fp32).pow(2).mean()) > 35     # and stays close (PSNR between the two, dB)
+    assert torch.equal(fp32, tok.decode_ids(ids, "fp32"))           # the fp32 decoder was not touched
+    assert all(type(m) is torch.nn.Linear for m in tok.model.decoder.modules() if "Linear" in type(m).__name__)
+
+
 def test_bf16_decode_is_close_to_fp32(tok, photo):
     grid = tok.encode(photo)
     a = np.asarray(tok.decode(grid, precision="fp32"), dtype=np.float64)

@@ -67,6 +67,14 @@ def test_decode_png_to_stdout(run, images, tmp_path):
     assert Image.open(io.BytesIO(r.stdout_bytes)).size == (16, 16)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "auto"])
+def test_decode_takes_every_precision(run, images, precision):
+    text = run("encode", images[0]).stdout
+    r = run("decode", "-", "-o", "-", "--precision", precision, input=text)
+    assert r.exit_code == 0, r.stderr
+    assert Image.open(io.BytesIO(r.stdout_bytes)).size == (16, 16)
+
+
 def test_hand_edited_token_changes_image(run, images, tmp_path, tiny_lm):
     text = run("encode", images[0]).stdout
     words = text.split()
