@@ -131,12 +131,15 @@ def explain(device: torch.device) -> str:
     return f"{pick} ({device.type}: native bf16, measured {speedup:.2f}x fp32's speed; bf16 needs {BF16_MIN_SPEEDUP}x)"
 
 
-def native_int8(device: torch.device) -> bool:
-    """Whether the device has int8 dot-product instructions (VNNI or AMX) and torch a quantised CPU engine."""
-    if device.type != "cpu":
-        return False
+def int8_supported() -> bool:
+    """Whether this torch can run dynamically quantised linear layers on the CPU."""
     engines = set(torch.backends.quantized.supported_engines)
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()) and bool({"x86", "fbgemm", "onednn"} & engines)
+    return hasattr(torch.ao.quantization, "quantize_dynamic") and bool({"x86", "fbgemm", "onednn"} & engines)
+
+
+def native_int8(device: torch.device) -> bool:
+    """Whether the device has int8 dot-product instructions (VNNI or AMX) and torch runs int8 linear layers."""
+    return device.type == "cpu" and bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()) and int8_supported()
 
 
 def quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
@@ -207,6 +210,8 @@ def resolve_decode(precision: str, device: torch.device) -> str:
     if precision == "int8":
         if device.type != "cpu":
             raise ConfigError(f"int8 decoding runs on CPUs only (this model is on {device.type}); use auto, fp32 or bf16")
+        if not int8_supported():
+            raise ConfigError(f"this torch ({torch.__version__}) has no dynamic int8 quantisation; use auto, fp32 or bf16")
         return "int8"
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(DECODE_CHOICES)})")
