@@ -148,7 +148,7 @@ def decode(
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file, '-' for stdout, or a folder")],
     batch_size: BatchSize = 64,
     skip_existing: Annotated[bool, typer.Option(help="skip outputs that already exist (folder output)")] = True,
-    precision: Annotated[DecodePrecision, typer.Option(help="auto: bf16, else the decoder's linear layers in int8 (CPUs), where native and faster here (lqae info says), else fp32")] = DecodePrecision.auto,
+    precision: Annotated[DecodePrecision, typer.Option(help="auto: bf16 where it is native and faster here (lqae info says), else fp32; int8 (CPUs): the decoder's linear layers in int8, a little faster, an image's decode then depends slightly on its batch")] = DecodePrecision.auto,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
     """Turn words back into an image (through the language model, as in training); token shards into image

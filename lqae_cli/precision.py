@@ -9,12 +9,12 @@ Only then is it bf16. The timing costs a few tenths of a second the first time (
 bf16 kernels), so a CPU's result is kept in the user's cache folder ($XDG_CACHE_HOME/lqae, else
 ~/.cache/lqae), keyed by the CPU model, its flags, the torch version and the thread count.
 
-Decoding has a third choice, "int8": the decoder's linear layers dynamically quantised to int8
-(weights int8 per tensor, activations quantised per batch; the frozen LM and the convolutions stay
-fp32; CPUs only). Decode's "auto" takes bf16 where bf16 qualifies, else int8 where the CPU has int8
-dot-product instructions (VNNI/AMX) and a quantised product of the decoder's shapes measures at least
-INT8_MIN_SPEEDUP faster than fp32, else fp32. Its cost in quality is measured per checkpoint
-(`scripts/decode_precision.py`; the model card gives the shipped checkpoint's).
+Decoding has a third choice, on request only: "int8", the decoder's linear layers dynamically quantised
+to int8 (weights per tensor; the frozen LM and the convolutions stay fp32; CPUs only). Dynamic
+quantisation scales each layer's input by the range of the whole batch, so an image's int8 decode
+depends slightly on which images share its batch; that is why decode's "auto" never picks it (auto is
+bf16 where encode's auto is, else fp32). Its cost in quality and its speed are in the model card
+(`scripts/decode_precision.py`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ CHOICES = ("auto", *PRECISIONS)
 DECODE_PRECISIONS = ("fp32", "bf16", "int8")
 DECODE_CHOICES = ("auto", *DECODE_PRECISIONS)
 BF16_MIN_SPEEDUP = 1.15
-INT8_MIN_SPEEDUP = 1.15
 SPEEDUP_CACHE = "bf16-speedup.json"
 
 
@@ -137,11 +136,6 @@ def int8_supported() -> bool:
     return hasattr(torch.ao.quantization, "quantize_dynamic") and bool({"x86", "fbgemm", "onednn"} & engines)
 
 
-def native_int8(device: torch.device) -> bool:
-    """Whether the device has int8 dot-product instructions (VNNI or AMX) and torch runs int8 linear layers."""
-    return device.type == "cpu" and bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()) and int8_supported()
-
-
 def quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of `module` with its nn.Linear layers dynamically quantised to int8 (CPU inference only)."""
     import copy
@@ -152,53 +146,16 @@ def quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def _int8_seconds(quantised: bool, repeats: int = 5) -> float:
-    layer = torch.nn.Linear(256, 1024)  # a decoder MLP layer, on a batch of 64 images' tokens
-    if quantised:
-        layer = quantize_linears(layer)
-    x = torch.randn(4096, 256)
-    with torch.inference_mode():
-        layer(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
-@functools.lru_cache(maxsize=None)
-def int8_speedup(device: torch.device) -> float:
-    """fp32 time / int8 time of a decoder-shaped linear layer on this CPU (cached on disk, as bf16's)."""
-    from .runtime import read_cache, write_cache
-
-    key = "int8 dynamic linear|" + _cpu_key()
-    cached = read_cache(SPEEDUP_CACHE).get(key)
-    if isinstance(cached, float):
-        return cached
-    speedup = _int8_seconds(False) / _int8_seconds(True)
-    write_cache(SPEEDUP_CACHE, {**read_cache(SPEEDUP_CACHE), key: speedup})
-    return speedup
-
-
 def auto_decode_precision(device: torch.device) -> str:
-    """Decode's "auto": bf16 as `auto_precision` picks it, else int8 where native and measured faster, else fp32."""
-    if auto_precision(device) == "bf16":
-        return "bf16"
-    if native_int8(device) and int8_speedup(device) >= INT8_MIN_SPEEDUP:
-        return "int8"
-    return "fp32"
+    """Decode's "auto": what encode's auto picks (bf16 where native and faster, else fp32); never int8."""
+    return auto_precision(device)
 
 
 def explain_decode(device: torch.device) -> str:
-    """One line for `lqae info`: what decode's auto picks here, and why."""
-    pick = auto_decode_precision(device)
-    if pick == "bf16":
-        return "bf16 (as encode's auto)"
-    if not native_int8(device):
-        return f"fp32 ({device.type}: no native bf16 gain and no int8 dot-product instructions)"
-    return (f"{pick} (int8 dynamic linear layers measured {int8_speedup(device):.2f}x fp32's speed; "
-            f"int8 needs {INT8_MIN_SPEEDUP}x)")
+    """One line for `lqae info`: what decode's auto picks here, and the int8 choice."""
+    return (f"{auto_decode_precision(device)} (as encode's auto); --precision int8 "
+            + ("runs the decoder's linear layers in int8 (an image's decode then depends slightly on its batch)"
+               if device.type == "cpu" and int8_supported() else "is not available here"))
 
 
 def resolve_decode(precision: str, device: torch.device) -> str:

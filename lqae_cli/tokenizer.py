@@ -322,9 +322,10 @@ class Tokenizer:
     def decode_ids(self, ids: torch.Tensor, precision: str = "auto") -> torch.Tensor:
         """(B, grid, grid) integer ids -> (B, 3, S, S) float images in [0, 1], on the model's device.
         Runs the frozen language model (loaded on first use) and the decoder; precision "auto" runs
-        them in bf16 where that is native and faster here, else the decoder's linear layers in int8
-        where that is native and faster (CPUs), else fp32 (`lqae_cli.precision`; the model card gives
-        each one's cost in PSNR); "fp32", "bf16" or "int8" as asked."""
+        them in bf16 where that is native and faster here, else fp32; "int8" (CPUs, on request) runs the
+        decoder's linear layers in int8, whose dynamic scales follow the whole batch, so an image's
+        decode then depends slightly on its batch (`lqae_cli.precision`; the model card gives each
+        precision's cost in PSNR); "fp32" or "bf16" as asked."""
         from .precision import resolve_decode
 
         g = self.grid_size
@@ -353,7 +354,8 @@ class Tokenizer:
             grids: one grid or a list of them. A grid is a `WordGrid`, a (grid, grid) nested list of ids or
                 of words, a flat list of grid*grid ids or words, token text (any format; one image), or an
                 integer tensor / array (grid, grid); a 3-D tensor (B, grid, grid) is a batch.
-            precision: "auto" (bf16, else int8, where native and faster here; else fp32), "fp32", "bf16" or "int8".
+            precision: "auto" (bf16 where native and faster here, else fp32), "fp32", "bf16" or "int8"
+                (see `decode_ids`).
         Returns:
             One image for one grid, a list for a list (or a 3-D batch), in order.
         Raises:
