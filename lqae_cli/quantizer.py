@@ -61,7 +61,7 @@ KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) may 
 DENSE_CHUNK = 256          # rows per dense product on a CPU: its (256 x 21,745) scores stay in cache
 GPU_CHUNK = 16384          # rows per dense product on a GPU (fewer kernel launches; 1.4 GB of scores)
 SCORE_BLOCK = 512          # words per block in the dense candidate pass (its block maxima reduce contiguous scores)
-SCORE_ERROR = 2.0 ** -7    # bound on |bf16 score - exact score| for unit vectors (2^-8 + 2^-9, rounded up)
+SCORE_ERROR = 2.0 ** -7    # bound on |candidate score - exact score| for unit vectors (bf16 codes: 2^-8; doubled for the fp32 sums)
 
 
 class WordQuantizer(nn.Module):
@@ -86,7 +86,7 @@ class WordQuantizer(nn.Module):
         self.register_buffer("match_proj", torch.zeros(D, match_dim))   # whitening projection
         self.register_buffer("match_lift", torch.zeros(match_dim, D))   # its inverse on the kept subspace
         self.register_buffer("match_codes", torch.zeros(len(allowed_ids), match_dim), persistent=False)
-        self.register_buffer("search_codes_t", torch.zeros(match_dim, 0, dtype=torch.bfloat16), persistent=False)
+        self.register_buffer("search_codes_t", torch.zeros(match_dim, 0), persistent=False)
         # A fixed offset per grid position, added before matching: a flat patch (white, black background)
         # becomes a different word at each position instead of one word covering a third of all positions.
         dither = torch.randn(num_positions, match_dim, generator=torch.Generator().manual_seed(seed)) * position_dither
@@ -120,11 +120,12 @@ class WordQuantizer(nn.Module):
         self.build_search_codes()
 
     def build_search_codes(self) -> None:
-        """The bf16 copy of the codes for the candidate pass, transposed, padded to whole blocks with
-        repeats of the first code (so the padding never raises a row's best score)."""
+        """The codes for the candidate pass, rounded to bf16 (the bound SCORE_ERROR allows for) and held
+        in fp32 for the product, transposed, padded to whole blocks with repeats of the first code (so
+        the padding never raises a row's best score)."""
         pad = -len(self.match_codes) % SCORE_BLOCK
         padded = torch.cat([self.match_codes, self.match_codes[:1].expand(pad, -1)])
-        self.search_codes_t = padded.T.to(torch.bfloat16).contiguous()           # (k, A padded)
+        self.search_codes_t = padded.T.to(torch.bfloat16).float().contiguous()   # (k, A padded)
         self._tree = None
 
     @property
@@ -185,7 +186,7 @@ class WordQuantizer(nn.Module):
         import numpy as np
 
         if self.num_allowed < 2:
-            return self._nearest_rows(part, bf16=False)
+            return self._nearest_rows(part)
         if self._tree is None:
             from scipy.spatial import cKDTree
 
@@ -200,28 +201,22 @@ class WordQuantizer(nn.Module):
         rows = torch.from_numpy(idx[:, 0].astype(np.int64))
         if not sure.all():
             unsure = torch.from_numpy(np.flatnonzero(~sure))
-            rows[unsure] = self._nearest_rows(part[unsure], bf16=False).cpu()
+            rows[unsure] = self._nearest_rows(part[unsure]).cpu()
         return rows.to(part.device)
 
-    def _nearest_rows(self, part: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    def _nearest_rows(self, part: torch.Tensor) -> torch.Tensor:
         """(n, k) unit vectors -> codebook rows of their nearest words (n,), the dense way.
 
-        The candidate pass multiplies the unit vectors by the bf16-rounded codes, in fp32 (or, with
-        `bf16`, in bf16: oneDNN's bf16 products with fp32 sums). Each candidate score is within
-        SCORE_ERROR of the true one (codes rounded to bf16: at most 2^-8 for unit vectors; with
-        `bf16` the inputs too, and scores rounded to bf16: at most 2^-9 more), so the winner scores
-        at least max - 2 * SCORE_ERROR; those few candidates are re-scored in float64 and ties go
-        to the lower id."""
+        The candidate pass multiplies the unit vectors by the bf16-rounded codes in fp32. Each
+        candidate score is within SCORE_ERROR of the true one (codes rounded to bf16: at most 2^-8 for
+        unit vectors), so the winner scores at least max - 2 * SCORE_ERROR; those few candidates are
+        re-scored in float64 and ties go to the lower id."""
         n, A, G = part.shape[0], self.num_allowed, SCORE_BLOCK
-        codes_t = self.search_codes_t.to(part.device)
-        if bf16:
-            scores = (part.to(codes_t.dtype) @ codes_t).view(n, -1, G)             # (n, blocks, G), padded
-        else:
-            scores = (part @ codes_t.float()).view(n, -1, G)
-        block_max = scores.amax(-1).float()                                       # (n, blocks)
+        scores = (part @ self.search_codes_t.to(part.device)).view(n, -1, G)       # (n, blocks, G), padded
+        block_max = scores.amax(-1)                                               # (n, blocks)
         floor = block_max.amax(-1) - 2 * SCORE_ERROR                              # (n,)
         r, b = (block_max >= floor[:, None]).nonzero(as_tuple=True)                # blocks that can hold the winner
-        pr, pc = (scores[r, b].float() >= floor[r, None]).nonzero(as_tuple=True)   # words in them that can win
+        pr, pc = (scores[r, b] >= floor[r, None]).nonzero(as_tuple=True)           # words in them that can win
         rows, cols = r[pr], b[pr] * G + pc
         keep = cols < A                                                           # drop the padding
         rows, cols = rows[keep], cols[keep]
