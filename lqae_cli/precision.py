@@ -125,9 +125,8 @@ def explain(device: torch.device) -> str:
     """One line for `lqae info`: what auto picks here, and why."""
     if not native_bf16(device):
         return f"fp32 ({device.type}: no native bf16)"
-    speedup = bf16_speedup(device)
-    pick = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
-    return f"{pick} ({device.type}: native bf16, measured {speedup:.2f}x fp32's speed; bf16 needs {BF16_MIN_SPEEDUP}x)"
+    return (f"{auto_precision(device)} ({device.type}: native bf16, measured {bf16_speedup(device):.2f}x fp32's speed; "
+            f"bf16 needs {BF16_MIN_SPEEDUP}x)")
 
 
 def int8_supported() -> bool:
@@ -146,41 +145,34 @@ def quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def auto_decode_precision(device: torch.device) -> str:
-    """Decode's "auto": what encode's auto picks (bf16 where native and faster, else fp32); never int8."""
-    return auto_precision(device)
-
-
 def explain_decode(device: torch.device) -> str:
     """One line for `lqae info`: what decode's auto picks here, and the int8 choice."""
-    return (f"{auto_decode_precision(device)} (as encode's auto); --precision int8 "
+    return (f"{auto_precision(device)} (as encode's auto); --precision int8 "
             + ("runs the decoder's linear layers in int8 (an image's decode then depends slightly on its batch)"
                if device.type == "cpu" and int8_supported() else "is not available here"))
 
 
 def resolve_decode(precision: str, device: torch.device) -> str:
-    """Decode's precision: "auto" -> `auto_decode_precision`; "int8" only on a CPU; else as `resolve`."""
+    """Decode's precision: "int8" only on a CPU whose torch runs it; anything else as `resolve` (auto
+    never picks int8)."""
     from .errors import ConfigError
 
-    if precision == "auto":
-        return auto_decode_precision(device)
     if precision == "int8":
         if device.type != "cpu":
             raise ConfigError(f"int8 decoding runs on CPUs only (this model is on {device.type}); use auto, fp32 or bf16")
         if not int8_supported():
             raise ConfigError(f"this torch ({torch.__version__}) has no dynamic int8 quantisation; use auto, fp32 or bf16")
         return "int8"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(DECODE_CHOICES)})")
-    return precision
+    return resolve(precision, device, DECODE_CHOICES)
 
 
-def resolve(precision: str, device: torch.device) -> str:
-    """"auto" -> this device's choice; "fp32"/"bf16" as given; anything else raises ConfigError."""
+def resolve(precision: str, device: torch.device, choices: tuple[str, ...] = CHOICES) -> str:
+    """"auto" -> this device's choice; "fp32"/"bf16" as given; anything else raises ConfigError naming
+    the `choices` the caller takes."""
     from .errors import ConfigError
 
     if precision == "auto":
         return auto_precision(device)
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(CHOICES)})")
+        raise ConfigError(f"unknown precision '{precision}' (choose {', '.join(choices)})")
     return precision

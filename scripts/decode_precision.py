@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lqae_cli import load  # noqa: E402
 from lqae_cli.data import list_images, load_image  # noqa: E402
 from lqae_cli.evaluate import psnr  # noqa: E402
-from lqae_cli.precision import auto_decode_precision  # noqa: E402
 
 SETS = {"emoji": ("data/heldout/emoji", None), "photos": ("data/heldout/photos", None), "fashion": ("data/heldout/fashion", 2000)}
 
@@ -26,7 +25,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None)
     a = ap.parse_args()
     tok = load(a.weights, "cpu")
-    print(f"auto on this machine: encode {tok.auto_precision}, decode {auto_decode_precision(tok.device)}")
+    print(f"auto on this machine (encode and decode): {tok.auto_precision}")
     for name, (folder, limit) in SETS.items():
         files = list_images(Path(folder))
         if limit:
