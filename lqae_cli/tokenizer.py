@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Union
 import torch
 from PIL import Image
 
-from .data import to_uint8
+from .data import to_pil, to_uint8
 from .errors import CheckpointError, ImageError, LQAEError, TokenError
 from .tokens import FORMATS, WordGrid, format_grid, parse_tokens
 
@@ -143,6 +143,7 @@ class Tokenizer:
         self.training: dict = card.get("training", {})
         self.metrics: dict = card.get("metrics", {})
         self._allowed: frozenset[int] | None = None
+        self._int8: tuple = (None, None)  # (the decoder it was made from, its int8 copy)
 
     # --- the card ---------------------------------------------------------------
     @property
@@ -186,7 +187,7 @@ class Tokenizer:
     # --- words <-> ids ------------------------------------------------------------
     def ids_to_words(self, ids):
         """An id, or (nested) lists / an integer tensor of ids -> the same structure of words."""
-        if torch.is_tensor(ids) or type(ids).__module__ == "numpy":
+        if _is_array(ids):
             ids = ids.tolist()
         if isinstance(ids, (list, tuple)):
             return [self.ids_to_words(i) for i in ids]
@@ -313,7 +314,7 @@ class Tokenizer:
             return open_rgb(io.BytesIO(image))
         if isinstance(image, Image.Image):
             return open_rgb(image)
-        if torch.is_tensor(image) or type(image).__module__ == "numpy":
+        if _is_array(image):
             return open_rgb(_array_to_pil(image))
         raise ImageError(f"cannot read an image from a {type(image).__name__} (give a path, bytes, a PIL image, "
                          "an HWC uint8 array or a CHW tensor)")
@@ -339,10 +340,11 @@ class Tokenizer:
             return self.model.decode(ids.to(self.device, torch.long), decoder).float()
 
     def _int8_decoder(self):
-        """The decoder with its linear layers in int8, made on first use (kept while the weights are the same)."""
+        """The decoder with its linear layers in int8, made on first use and kept while `model.decoder` is
+        the same module (a decoder trained further in place needs a new Tokenizer for int8)."""
         from .precision import quantize_linears
 
-        if getattr(self, "_int8", (None, None))[0] is not self.model.decoder:
+        if self._int8[0] is not self.model.decoder:
             self._int8 = (self.model.decoder, quantize_linears(self.model.decoder))
         return self._int8[1]
 
@@ -383,7 +385,7 @@ class Tokenizer:
             out.append(self.decode_ids(part, precision).cpu())
             if progress:
                 progress(len(part))
-        img = Image.fromarray(to_uint8(feather_seams(stitch(torch.cat(out), rows, cols), self.image_size)))
+        img = to_pil(feather_seams(stitch(torch.cat(out), rows, cols), self.image_size))
         return img.crop((0, 0, *grid.pixel_size)) if grid.pixel_size else img
 
     def _as_grids(self, x) -> tuple[list[WordGrid], bool]:
