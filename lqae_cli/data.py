@@ -16,8 +16,9 @@ MAX_PIXELS = 64_000_000  # decompression-bomb guard
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def list_images(root: Path) -> list[Path]:
-    """Every image file under root (recursive, sorted, hidden files skipped)."""
+def list_images(root: Path, limit: int | None = None) -> list[Path]:
+    """Every image file under root (recursive, sorted, hidden files skipped); with `limit`, at most that
+    many, evenly spaced through the sorted list (every len // limit-th)."""
     root = Path(root)
     if root.is_file():
         return [root]
@@ -25,7 +26,7 @@ def list_images(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return out
+    return out[:: max(1, len(out) // limit)][:limit] if limit else out
 
 
 def open_rgb(source) -> Image.Image:

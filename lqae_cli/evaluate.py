@@ -125,7 +125,7 @@ def class_of(path: Path, root: Path) -> str:
 
 def count_images(data: Path, train: Path | None = None, test: Path | None = None, limit: int | None = None) -> int:
     """How many images `evaluate` reads (for a progress bar)."""
-    return min(len(list_images(data)), limit or 10**12) + sum(len(list_images(d)) for d in (train, test) if d is not None)
+    return len(list_images(data, limit)) + sum(len(list_images(d)) for d in (train, test) if d is not None)
 
 
 @torch.no_grad()
@@ -134,10 +134,7 @@ def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: i
     """A tokenizer over every image under root: words, LM features, pixels, and (with `reconstruct`)
     PSNR/SSIM of its reconstructions and of the thumbnail codec's, per image."""
     model = tok.model
-    files = list_images(root)
-    if limit:
-        step = max(1, len(files) // limit)
-        files = files[::step][:limit]
+    files = list_images(root, limit)
     sources = [Source(name=str(f), path=f) for f in files]
     size, thumb = model.cfg.image_size, model.cfg.grid_size
     device = next(model.parameters()).device
@@ -264,9 +261,7 @@ def evaluate_at_size(tok, data: Path, size, limit: int | None = None, progress=N
     from .tiles import fit, parse_size
 
     size = parse_size(size, tok.image_size) or tok.image_size
-    files = list_images(data)
-    if limit:
-        files = files[:: max(1, len(files) // limit)][:limit]
+    files = list_images(data, limit)
     factor = tok.config.patch_size
     ours, base, failed, pixels = [], [], [], 0
     for f in files:

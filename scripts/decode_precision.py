@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lqae_cli import load  # noqa: E402
 from lqae_cli.data import list_images, load_image  # noqa: E402
 from lqae_cli.evaluate import psnr  # noqa: E402
-
-SETS = {"emoji": ("data/heldout/emoji", None), "photos": ("data/heldout/photos", None), "fashion": ("data/heldout/fashion", 2000)}
+from evaluate_shipped import SETS  # noqa: E402  (the held-out sets, as the model card's evaluation reads them)
 
 
 def main() -> None:
@@ -27,9 +27,7 @@ def main() -> None:
     tok = load(a.weights, "cpu")
     print(f"auto on this machine (encode and decode): {tok.auto_precision}")
     for name, (folder, limit) in SETS.items():
-        files = list_images(Path(folder))
-        if limit:
-            files = files[:: max(1, len(files) // limit)][:limit]
+        files = list_images(Path(folder), limit)
         x = torch.stack([load_image(f, tok.image_size) for f in files])
         ids = torch.cat([tok.encode_pixels(part) for part in x.split(256)])
         out = {p: torch.cat([tok.decode_ids(part, p) for part in ids.split(256)]) for p in ("fp32", "bf16", "int8")}
