@@ -27,14 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_tiles import border_mask  # noqa: E402
 from lqae_cli import load  # noqa: E402
+from lqae_cli.data import to_uint8  # noqa: E402
 from lqae_cli.evaluate import psnr_u8 as psnr  # noqa: E402
 from lqae_cli.tiles import feather_seams, join_ids, stitch, tile_grid  # noqa: E402
 
 T = 64  # the shipped checkpoint's tile
 
-
-def u8(t: torch.Tensor) -> np.ndarray:
-    return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def report(name: str, original: Image.Image, ways: dict, scores: dict, cover=None) -> None:
@@ -43,7 +41,7 @@ def report(name: str, original: Image.Image, ways: dict, scores: dict, cover=Non
     band = border_mask(h, w, T)
     keep = np.ones((h, w), bool) if cover is None else cover
     for way, img in ways.items():
-        y = u8(img)[:h, :w]
+        y = to_uint8(img)[:h, :w]
         b, rest = band & keep, ~band & keep
         r = (psnr(x[keep], y[keep]), psnr(x[b], y[b]) - psnr(x[rest], y[rest]))
         scores.setdefault(way, []).append(r)

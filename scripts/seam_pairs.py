@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lqae_cli import load  # noqa: E402
 from lqae_cli.tiles import stitch, tile_grid  # noqa: E402
-from lqae_cli.tokenizer import to_uint8  # noqa: E402
+from lqae_cli.data import to_pil  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
             dec = []
             for part in tiles.split(a.batch_size):
                 dec.append(tok.decode_ids(tok.encode_pixels(part), "fp32").cpu())
-            Image.fromarray(to_uint8(stitch(torch.cat(dec), rows, cols))).save(stem.with_name(stem.name + "-dec.png"))
+            to_pil(stitch(torch.cat(dec), rows, cols)).save(stem.with_name(stem.name + "-dec.png"))
             print(f"{stem.name}: {rows}x{cols} tiles in {time.time() - t0:.1f} s", flush=True)
 
 

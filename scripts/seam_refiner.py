@@ -202,7 +202,7 @@ def read_pairs(folder: Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         orig = np.asarray(Image.open(Path(folder) / f"{name}-orig.png").convert("RGB"))[int(dy):, int(dx):]
         H, W = dec.shape[:2]
         orig = np.pad(orig, ((0, H - orig.shape[0]), (0, W - orig.shape[1]), (0, 0)), mode="edge")
-        out.append((dec_path.name[:-len("-dec.png")], *(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+        out.append((dec_path.name[:-len("-dec.png")], *(torch.from_numpy(np.array(a)).permute(2, 0, 1)
                                                           for a in (orig, dec))))
     return out
 

@@ -19,20 +19,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_tiles import border_mask, patch_border_mask  # noqa: E402
 from lqae_cli.checkpoint import read_card  # noqa: E402
+from lqae_cli.data import to_uint8  # noqa: E402
 from lqae_cli.evaluate import psnr_u8 as psnr  # noqa: E402
 from seam_refiner import SeamConfig, read_pairs, save_refiner, train_refiner  # noqa: E402
 from lqae_cli.tiles import feather_seams  # noqa: E402
 from lqae_cli.tokenizer import weights_path  # noqa: E402
 
-
-def u8(t: torch.Tensor) -> np.ndarray:
-    return (t.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def score(refiner, heldout, tile: int, patch: int, sizes: dict) -> dict:
@@ -49,7 +46,7 @@ def score(refiner, heldout, tile: int, patch: int, sizes: dict) -> dict:
         mask, control = border_mask(h, w, tile), patch_border_mask(h, w, tile, patch)
         out[name] = {}
         for way, img in ways.items():
-            y = u8(img)[:h, :w]
+            y = to_uint8(img)[:h, :w]
             out[name][way] = (round(psnr(x, y), 3), round(psnr(x[mask], y[mask]) - psnr(x[~mask], y[~mask]), 3),
                               round(psnr(x[mask], y[mask]) - psnr(x[control], y[control]), 3))
     return out
