@@ -18,16 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lqae_cli.config import LQAEConfig  # noqa: E402
-from lqae_cli.model import Block, Decoder  # noqa: E402
-
-
-def masked_block(block: Block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`block` (a pre-norm transformer block of the library) with an additive attention mask (B, 1, 1, T)."""
-    B, T, C = x.shape
-    q, k, v = block.qkv(block.ln1(x)).view(B, T, 3, block.heads, C // block.heads).permute(2, 0, 3, 1, 4)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    x = x + block.proj(y.transpose(1, 2).reshape(B, T, C))
-    return x + block.mlp(block.ln2(x))
+from lqae_cli.model import Decoder  # noqa: E402
 
 
 class ContextDecoder(Decoder):
@@ -37,10 +28,10 @@ class ContextDecoder(Decoder):
     reads a window of W = grid + 2r positions per side: the tile's LM states and a ring of r patches
     of its neighbours' states (from their own LM passes). Its transformer attends across the tile's
     border, its head makes the pixels of the whole window, and its convolutional refiner runs over
-    them, so a tile's outer pixels see their neighbours instead of zero padding. Only the tile's own
-    pixels are returned. Ring positions outside the image (a tile on the image's edge) take no part
-    in attention and their pixels are zero, which is what the one-tile decoder's padding sees.
-    A one-tile image never uses it: the one-tile `Decoder` decodes it, as ever."""
+    them, so a tile's outer pixels see their neighbours instead of zero padding. It returns the tile's
+    own pixels, or the whole window's for cross-fading. Ring positions outside the image (a tile on the
+    image's edge) take no part in attention and their pixels are zero, which is what the one-tile
+    decoder's padding sees."""
 
     def __init__(self, cfg: LQAEConfig, lm_hidden: int, ring: int = 1):
         super().__init__(cfg, lm_hidden)
@@ -78,13 +69,13 @@ class ContextDecoder(Decoder):
 
     def forward_projected(self, x: torch.Tensor, present: torch.Tensor, window: bool = False) -> torch.Tensor:
         """As forward, from the window's states already through `inp` (B, W*W, dec_width). window=True:
-        the pixels of the whole window (B, 3, W*p, W*p), the ring's included (for `blend_tiles`)."""
+        the pixels of the whole window (B, 3, W*p, W*p), the ring's included (for `TileBlender`)."""
         B, W, g, p, r = x.shape[0], self.window, self.grid, self.p, self.ring
         x = torch.where(present.unsqueeze(-1), x, 0) + self.pos
         absent = torch.where(present, 0.0, float("-inf")).to(x.dtype).view(B, 1, 1, W * W)
         ring = (~self.inner).to(x.dtype)
         for block, bias in zip(self.blocks, self.ring_bias):
-            x = masked_block(block, x, absent + (bias.to(x.dtype) * ring))
+            x = block(x, absent + (bias.to(x.dtype) * ring))
         x = self.head(self.ln(x))                                      # (B, W*W, 3*p*p)
         img = x.view(B, W, W, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, W * p, W * p)
         # what the refiner sees of each pixel: all of the tile's, ring_pixels of the ring's, nothing outside the image
@@ -102,8 +93,6 @@ def tile_windows(states: torch.Tensor, rows: int, cols: int, ring: int) -> tuple
     """Per-tile states (T, g*g, C), row by row -> (windows (C, rows, cols, W, W), present (1, rows, cols, W, W)),
     both views, W = g + 2 * ring: each tile's states with a ring of its neighbours' around it (zero and not
     present beyond the grid's edge). Index a batch out with `window_batch`."""
-    import torch.nn.functional as F
-
     g, C = round(states.shape[1] ** 0.5), states.shape[-1]
     W = g + 2 * ring
     m = F.pad(states.reshape(rows, cols, g, g, C).permute(4, 0, 2, 1, 3).reshape(C, rows * g, cols * g), (ring,) * 4)
@@ -134,7 +123,7 @@ class TileBlender:
     tiles' decodes cross-fade over the 2 * margin pixels around their border."""
 
     def __init__(self, rows: int, cols: int, tile: int, margin: int, device=None):
-        self.rows, self.cols, self.tile, self.m = rows, cols, tile, margin
+        self.cols, self.tile, self.m = cols, tile, margin
         self.sum = torch.zeros(3, rows * tile + 2 * margin, cols * tile + 2 * margin, device=device)
         self.weight = torch.zeros(1, *self.sum.shape[1:], device=device)
         ramp = blend_ramp(tile, margin).to(device)

@@ -91,7 +91,7 @@ def decode_photo(dec: ContextDecoder, states: torch.Tensor, rows: int, cols: int
     """Cached per-tile states -> the photo (3, H, W) in [0, 1]: each tile decoded from its window, the tiles
     put side by side, or (blend) the decoded windows cross-faded."""
     wins, present = tile_windows(states.float(), rows, cols, dec.ring)
-    blender, tiles = TileBlender(rows, cols, 64, dec.ring * dec.p), []
+    blender, tiles = TileBlender(rows, cols, dec.grid * dec.p, dec.ring * dec.p), []
     for idx in torch.arange(rows * cols).split(batch):
         out = dec.forward_projected(*window_batch(wins, present, idx), window=blend)
         blender.add(idx, out) if blend else tiles.append(out)
@@ -114,16 +114,25 @@ def evaluate(dec: ContextDecoder, held, tile: int, blend: bool) -> dict:
     return {way: tuple(float(np.mean(v)) for v in zip(*s)) for way, s in scores.items()}
 
 
-def sample(train, weights: torch.Tensor, batch: int, ring: int, gen: torch.Generator):
+def windowed(train, ring: int, tile: int, patch: int) -> list:
+    """Each cached training image as (its tiles' windows of states and their presence, from `tile_windows`;
+    its pixels padded by the ring's width with zeros; tile columns), made once so that sampling a window
+    copies only that window."""
+    m = ring * patch
+    return [(*tile_windows(states, rows, cols, ring), F.pad(target, (m, m, m, m)), cols)
+            for _, states, target, rows, cols in train]
+
+
+def sample(prepared, weights: torch.Tensor, batch: int, tile: int, margin: int, gen: torch.Generator):
+    """A batch of random tiles' windows: (states (B, W*W, width), present (B, W*W), pixels of the whole
+    window (B, 3, tile + 2 * margin, same) in [-1, 1])."""
     xs, ps, ys = [], [], []
     for k in torch.multinomial(weights, batch, replacement=True, generator=gen).tolist():
-        _, states, target, rows, cols = train[k]
-        t = int(torch.randint(rows * cols, (1,), generator=gen))
-        wins, present = tile_windows(states, rows, cols, ring)
+        wins, present, padded, cols = prepared[k]
+        t = int(torch.randint(wins.shape[1] * cols, (1,), generator=gen))
         x, p = window_batch(wins, present, torch.tensor([t]))
-        r, c, m = *divmod(t, cols), ring * 8
-        padded = F.pad(target, (m, m, m, m))
-        xs.append(x), ps.append(p), ys.append(padded[:, r * 64:(r + 1) * 64 + 2 * m, c * 64:(c + 1) * 64 + 2 * m])
+        r, c = divmod(t, cols)
+        xs.append(x), ps.append(p), ys.append(padded[:, r * tile:(r + 1) * tile + 2 * margin, c * tile:(c + 1) * tile + 2 * margin])
     y = torch.stack(ys).float() / 127.5 - 1
     return torch.cat(xs).float(), torch.cat(ps), y
 
@@ -202,18 +211,20 @@ def main() -> None:
     tiles = torch.tensor([float(t[1].shape[0]) for t in train])
     per_photo = {n: sum(float(t) for m, t in zip(photo, tiles) if m == n) for n in set(photo)}
     weights = torch.tensor([float(t) / per_photo[n] ** 0.5 for n, t in zip(photo, tiles)])
+    tile, patch = tok.image_size, tok.config.patch_size
+    prepared = windowed(train, a.ring, tile, patch)
     gen = torch.Generator().manual_seed(step)
     t0, losses = time.time(), []
     while step < a.steps:
         lr = a.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / a.steps))
         for group in opt.param_groups:
             group["lr"] = lr * group["scale"]
-        x, p, y = sample(train, weights, a.batch, a.ring, gen)
+        x, p, y = sample(prepared, weights, a.batch, tile, a.ring * patch, gen)
         if a.blend:
-            w = window_weights(p, a.ring, a.border_weight)
+            w = window_weights(p, a.ring, a.border_weight, patch)
         else:
-            m = a.ring * 8
-            w, y = tile_weights(p, a.ring, a.border_weight), y[:, :, m:-m, m:-m]
+            m = a.ring * patch
+            w, y = tile_weights(p, a.ring, a.border_weight, tile, patch), y[:, :, m:-m, m:-m]
         loss = ((dec.forward_projected(x, p, window=a.blend) - y).pow(2) * w).sum() / (w.sum() * 3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
