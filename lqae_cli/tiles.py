@@ -22,7 +22,7 @@ from PIL import Image
 
 from .errors import ConfigError
 
-FEATHER = 4          # pixels on each side of a tile border that are ramped towards the other side
+FEATHER = 3          # pixels on each side of a tile border that are ramped towards the other side
 FEATHER_SMOOTH = 5   # the step across a border is averaged over this many pixels along it
 
 

@@ -379,14 +379,26 @@ def run(a) -> None:
 
 
 def join(prefix: Path, dest: Path) -> None:
-    from lqae_cli.checkpoint import atomic_write_bytes, read_card
+    """The parts `prefix`.part0, .part1, ... back into one checkpoint at `dest`; where the run's log
+    `prefix`.json lies beside them, the checkpoint's metrics become that run's (its last training window
+    and its validation PSNR on the held-out emoji and photo crops) instead of the start weights'."""
+    from lqae_cli.checkpoint import atomic_write_bytes, read_card, read_tensors, save_tensors
 
     parts = sorted(prefix.parent.glob(prefix.name + ".part*"), key=lambda p: int(p.suffix[5:]))
     if not parts:
         sys.exit(f"no {prefix}.part* files")
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest, b"".join(p.read_bytes() for p in parts))
-    print(f"{dest}: {json.dumps(read_card(dest)['training'].get('gpu_retrain'))}")
+    log_path = prefix.with_name(prefix.name + ".json")
+    if log_path.exists():
+        log = json.loads(log_path.read_text())
+        last = log["history"][-1] if log.get("history") else {}
+        metrics = {"script": "scripts/gpu_retrain.py", **{k if k.startswith("train_") else f"train_{k}": v for k, v in last.items() if k != "phase"},
+                   **{f"val_psnr_{k}": v for k, v in log["val_after_decoder"].items()}}
+        tensors, meta = read_tensors(dest)
+        save_tensors(dest, tensors, {**{k: v for k, v in meta.items() if k != "format"}, "metrics": json.dumps(metrics)})
+    card = read_card(dest)
+    print(f"{dest}: training {json.dumps(card['training'].get('gpu_retrain'))}; metrics {json.dumps(card['metrics'])}")
 
 
 def main() -> None:

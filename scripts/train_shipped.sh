@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The nine training phases of weights/lqae-base.safetensors, in order (weights/TRAINING.md says why each).
+# The eleven training phases of weights/lqae-base.safetensors, in order: nine on a CPU, then two on a GPU (weights/TRAINING.md says why each).
 # Needs data/ from scripts/build_data.py (weights/README.md, "Data"). Every phase writes a resumable
 # checkpoint: after an interruption, run this script again; finished phases are skipped and the
 # interrupted one resumes exactly.
@@ -53,4 +53,14 @@ phase 8 $RUNS/p8.safetensors $PHOTOS2 --init $RUNS/p7.safetensors --recon-loss l
 # 9: the decoder alone on the phase-8 words: the shipped checkpoint
 phase 9 $RUNS/lqae-base.safetensors $PHOTOS2 --init $RUNS/p8.safetensors --freeze-encoder --recon-loss log_mse \
   --smooth-share 0.25 --steps 1200 --lr 2e-4 --mask-ratio 0 --seed 11 --val-every 400 $COMMON
-echo "done: $RUNS/lqae-base.safetensors (evaluate with: python scripts/evaluate_shipped.py --weights $RUNS/lqae-base.safetensors)" >&2
+echo "phases 1-9 done: $RUNS/lqae-base.safetensors (evaluate with: python scripts/evaluate_shipped.py --weights $RUNS/lqae-base.safetensors)" >&2
+# 10, 11 need a CUDA GPU (an NVIDIA H200 for the shipped checkpoint, 7 and 3 minutes; weights/TRAINING.md).
+# Each goes on from the previous checkpoint with scripts/gpu_retrain.py, which writes the result in parts
+# (the lent GPU machine returns files of at most 16 MiB) and joins them back; its schedule follows the
+# clock, so a rerun lands near, not exactly on, the shipped weights:
+#   python scripts/gpu_retrain.py pack --out .gpu --weights $RUNS/lqae-base.safetensors
+#   python scripts/gpu_retrain.py run --pack .gpu --out $RUNS/gpu --tag p10 --border-weight 4 --minutes 7 --lr 2e-4 --seed 12
+#   python scripts/gpu_retrain.py join $RUNS/gpu/p10 $RUNS/p10.safetensors
+#   python scripts/gpu_retrain.py pack --out .gpu --weights $RUNS/p10.safetensors
+#   python scripts/gpu_retrain.py run --pack .gpu --out $RUNS/gpu --tag p11 --border-weight 10 --minutes 3 --lr 1e-4 --warmup 100 --seed 13
+#   python scripts/gpu_retrain.py join $RUNS/gpu/p11 weights/lqae-base.safetensors
