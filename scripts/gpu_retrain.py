@@ -1,12 +1,18 @@
 """Go on training the shipped checkpoint on a CUDA GPU (the H200 this project is sometimes lent) for a few
 minutes: the whole model with each image's outer patches weighted (`scripts/train_border_emphasis.py`,
 here at GPU scale), then the decoder alone on the words that come out, as phases 8 and 9 of
-`scripts/train_shipped.sh` do. Built for the lent machine's limits: 64 MiB of files in (the LM's 91 MB
-does not fit as it is), at most 16 MiB per file back.
+`scripts/train_shipped.sh` do. Phases 10 and 11 of the shipped checkpoint were made with it
+(weights/TRAINING.md). Built for the lent machine's limits: 64 MiB of files in (the LM's 91 MB does not
+fit as it is), at most 16 MiB per file back.
 
-    python scripts/gpu_retrain.py pack --out .gpu                  # here: LM, start weights, images (~50 MiB)
-    python scripts/gpu_retrain.py run --pack .gpu --out OUT --tag b4 --border-weight 4 --minutes 7   # there
-    python scripts/gpu_retrain.py join OUT/b4 runs/gpu-retrain/b4.safetensors                        # here
+    python scripts/gpu_retrain.py pack --out .gpu [--weights START]  # here: LM, start weights, images (58 MiB)
+    python scripts/gpu_retrain.py run --pack .gpu --out OUT --tag p10 --border-weight 4 --minutes 7  # there
+    python scripts/gpu_retrain.py join OUT/p10 runs/gpu-retrain/p10.safetensors                      # here
+
+The pack and the repository's tracked files travel together, and with the 28 MB checkpoint in weights/
+they exceed 64 MiB: for the call, untrack it (`git rm --cached weights/lqae-base.safetensors` and list it
+in .git/info/exclude, with .gpu/), then put it back (`git reset weights/lqae-base.safetensors`). A second
+`pack --weights` rewrites only the start weights.
 
 What the pack holds, and what is not exact in it:
 - the LM (all-MiniLM-L6-v2, from the installed package): its layers' weight matrices in bf16 (exactly what
@@ -14,15 +20,15 @@ What the pack holds, and what is not exact in it:
   (the special tokens) in bf16, the rest in fp32; xz-compressed. Rows outside those are zero there and
   never read. Training there sees the codebook rounded to bf16 (a relative error below 0.4%); the words of
   the result are chosen here, from the fp32 table, as always;
-- the shipped checkpoint with its trained parameters in bf16 (the fitted matching space exact), as the
-  starting point: the rounding is far below what the first training steps change;
+- the start weights (the shipped checkpoint unless --weights) with the trained parameters in bf16 (the
+  fitted matching space exact): loaded there, they score as here to within 0.005 dB;
 - the training images: the emoji and Fashion-MNIST training images (as `scripts/build_data.py` made
   them; Fashion at its 28x28 source size) and the 14 training photos whole; the held-out emoji and photo
   crops for the validation figures printed there.
 
 `run` draws every batch afresh (data loader workers): an emoji, a Fashion-MNIST image or a random square
 crop of a photo (side from 64 pixels to half the photo's shorter side, as `build_data.py` cuts its
-crops), in the shares of the shipped phases 6-9 (emoji 2x, photos 2x), then `lqae train`'s augmentation
+crops, resized with a reducing gap of 3 for speed), in the shares of the shipped phases 6-9 (emoji 2x, photos 2x), then `lqae train`'s augmentation
 (random resized crop, flip, a quarter smoothed). The learning rate follows the time budget (warm-up,
 then cosine). It writes the final checkpoint in parts under 16 MiB and a JSON log.
 """
