@@ -147,10 +147,10 @@ def unpack_lm(pack_dir: Path, work: Path, fingerprint: str):
 
     t, _ = load_xz(pack_dir / "lm.safetensors.xz")
     ids = t.pop("word_rows.ids")
+    vocab = (pack_dir / "lm" / "vocab.txt").read_text(encoding="utf-8").splitlines()
     for k in [k for k in t if k.startswith("word_rows.")]:
         rows = t.pop(k)
         name = k[len("word_rows."):]
-        vocab = (pack_dir / "lm" / "vocab.txt").read_text(encoding="utf-8").splitlines()
         table = torch.zeros(len(vocab), rows.shape[1])
         table[ids] = rows.float()
         t[name] = table
