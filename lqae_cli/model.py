@@ -34,14 +34,20 @@ def check_decoder_lm_layers(n: int, lm: LanguageModel) -> None:
         raise ConfigError(f"decoder_lm_layers {n}: the language model has {lm.num_layers} layers")
 
 
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str,
+                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (loss, the batch MSE detached). The loss is the batch MSE, or the mean over images of
     log(MSE + floor) (times a constant): minus the mean per-image PSNR (what the evaluation scores) up
     to scale and offset. In a plain MSE a smooth image, whose error is small, hardly moves the
-    gradient, though a few of its dB count as much as a busy image's."""
+    gradient, though a few of its dB count as much as a busy image's.
+
+    weight: None, or a per-pixel weight broadcastable to x (mean 1 keeps the loss's scale), by which
+    each pixel's squared error counts in the loss; the returned MSE stays unweighted."""
     check_recon_loss(kind)
-    per_image = (recon - x).pow(2).flatten(1).mean(1)
-    loss = per_image.mean() if kind == "mse" else LOG_MSE_SCALE * torch.log(per_image + LOG_MSE_FLOOR).mean()
+    err = (recon - x).pow(2)
+    per_image = err.flatten(1).mean(1)
+    in_loss = per_image if weight is None else (err * weight).flatten(1).mean(1)
+    loss = in_loss.mean() if kind == "mse" else LOG_MSE_SCALE * torch.log(in_loss + LOG_MSE_FLOOR).mean()
     return loss, per_image.detach().mean()
 
 

@@ -46,8 +46,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))        # build_data, train_border_emphasis
+from lqae_cli.data import random_resized_crop, smoothed, to_tensor  # noqa: E402
 
 PART_BYTES = 15 * 2**20
 SHARES = {"emoji": 6876, "fashion": 12000, "photos": 22400}   # images per epoch of the shipped phases 6-9
@@ -61,12 +64,16 @@ def save_xz(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, st
     path.write_bytes(lzma.compress(raw, preset=6))
 
 
-def load_xz(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def from_bytes(raw: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's bytes -> (tensors, metadata)."""
     from safetensors.torch import load
 
-    raw = lzma.decompress(path.read_bytes())
     n = int.from_bytes(raw[:8], "little")                       # safetensors: header length, JSON header
     return load(raw), json.loads(raw[8:8 + n]).get("__metadata__", {})
+
+
+def load_xz(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    return from_bytes(lzma.decompress(path.read_bytes()))
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:
@@ -83,13 +90,11 @@ def load_array(path: Path) -> np.ndarray:
 def pack(out: Path, data: Path, fashion_dir: Path, weights: Path | None = None) -> None:
     """Write the pack to `out`: the start weights (`weights`, default the shipped checkpoint) always, the
     LM and the images where they are not there yet."""
-    from PIL import Image
     from safetensors.torch import load_file
 
     from lqae_cli import load
     from lqae_cli.checkpoint import read_tensors
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from build_data import HELDOUT_PHOTOS, load_photos, read_idx
 
     out.mkdir(parents=True, exist_ok=True)
@@ -169,8 +174,6 @@ class Mixture(torch.utils.data.Dataset):
     the same k always gives the same image."""
 
     def __init__(self, pack_dir: Path, size: int, seed: int, smooth_share: float = 0.25):
-        from PIL import Image
-
         self.emoji = load_array(pack_dir / "emoji.npy.xz")
         self.fashion = load_array(pack_dir / "fashion28.npy.xz")
         self.photos = [Image.open(p).convert("RGB") for p in sorted((pack_dir / "photos").glob("*.png"))]
@@ -184,8 +187,6 @@ class Mixture(torch.utils.data.Dataset):
         return 10**12
 
     def draw(self, gen: torch.Generator):
-        from PIL import Image
-
         def pick(n: int) -> int:
             return int(torch.randint(0, n, (), generator=gen))
 
@@ -201,10 +202,6 @@ class Mixture(torch.utils.data.Dataset):
         return photo.resize((self.size, self.size), Image.BICUBIC, box=(x, y, x + side, y + side), reducing_gap=3.0)
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        from PIL import Image
-
-        from lqae_cli.data import random_resized_crop, smoothed, to_tensor
-
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         img = random_resized_crop(self.draw(gen), self.size, gen)
         if torch.rand((), generator=gen) < 0.5:
@@ -226,37 +223,31 @@ class Batches(torch.utils.data.Sampler):
 
 
 def border_weight(size: int, patch: int, weight: float) -> torch.Tensor:
-    """(1, 1, size, size), mean 1: `weight` times as much within `patch` pixels of the edge as inside."""
-    u = torch.arange(size)
-    near = (u < patch) | (u >= size - patch)
-    w = 1 + (weight - 1) * (near[:, None] | near[None, :]).float()
-    return (w / w.mean())[None, None]
+    """train_border_emphasis.border_weight scaled to mean 1, so the loss keeps its scale."""
+    from train_border_emphasis import border_weight as unscaled
 
-
-def recon_loss(recon: torch.Tensor, x: torch.Tensor, w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`lqae_cli.model.reconstruction_loss` with each pixel's error weighted by w (mean 1); -> (loss, plain MSE)."""
-    from lqae_cli.model import LOG_MSE_FLOOR, LOG_MSE_SCALE
-
-    err = (recon - x).pow(2)
-    per_image = (err * w).flatten(1).mean(1)
-    loss = per_image.mean() if kind == "mse" else LOG_MSE_SCALE * torch.log(per_image + LOG_MSE_FLOOR).mean()
-    return loss, err.detach().mean()
+    w = unscaled(size, patch, weight)
+    return w / w.mean()
 
 
 def step_loss(model, images: torch.Tensor, w: torch.Tensor, whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """model.forward's (whole) or model.forward_decoder's pass with the reconstruction error weighted by
+    w; -> (loss, plain batch MSE). Its own pass: forward's per-step statistics would synchronise the GPU."""
+    from lqae_cli.model import reconstruction_loss
+
     cfg = model.cfg
     x = images * 2 - 1
     if whole:   # model.forward's pass, the loss weighted
         q = model.quantizer(model.encoder(x))
         embeds = model.apply_mask(q.embeds) if cfg.mask_ratio > 0 else q.embeds
         recon = model.decoder(model.run_lm(embeds)).float()
-        loss, mse = recon_loss(recon, x, w, cfg.recon_loss)
+        loss, mse = reconstruction_loss(recon, x, cfg.recon_loss, w)
         return loss + cfg.commit_weight * q.commit_loss + cfg.entropy_weight * q.entropy_loss \
             + cfg.decorrelation_weight * q.decorrelation_loss, mse
     with torch.no_grad():   # model.forward_decoder's pass: fixed words, unmasked
         ids = model.encode(images).flatten(1)
         hidden = model.run_lm(model.quantizer.codebook[ids])
-    return recon_loss(model.decoder(hidden).float(), x, w, cfg.recon_loss)
+    return reconstruction_loss(model.decoder(hidden).float(), x, cfg.recon_loss, w)
 
 
 @torch.no_grad()
@@ -388,21 +379,23 @@ def join(prefix: Path, dest: Path) -> None:
     """The parts `prefix`.part0, .part1, ... back into one checkpoint at `dest`; where the run's log
     `prefix`.json lies beside them, the checkpoint's metrics become that run's (its last training window
     and its validation PSNR on the held-out emoji and photo crops) instead of the start weights'."""
-    from lqae_cli.checkpoint import atomic_write_bytes, read_card, read_tensors, save_tensors
+    from lqae_cli.checkpoint import atomic_write_bytes, read_card, save_tensors
 
     parts = sorted(prefix.parent.glob(prefix.name + ".part*"), key=lambda p: int(p.suffix[5:]))
     if not parts:
         sys.exit(f"no {prefix}.part* files")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest, b"".join(p.read_bytes() for p in parts))
+    raw = b"".join(p.read_bytes() for p in parts)
     log_path = prefix.with_name(prefix.name + ".json")
     if log_path.exists():
         log = json.loads(log_path.read_text())
         last = log["history"][-1] if log.get("history") else {}
         metrics = {"script": "scripts/gpu_retrain.py", **{k if k.startswith("train_") else f"train_{k}": v for k, v in last.items() if k != "phase"},
                    **{f"val_psnr_{k}": v for k, v in log["val_after_decoder"].items()}}
-        tensors, meta = read_tensors(dest)
+        tensors, meta = from_bytes(raw)
         save_tensors(dest, tensors, {**{k: v for k, v in meta.items() if k != "format"}, "metrics": json.dumps(metrics)})
+    else:
+        atomic_write_bytes(dest, raw)
     card = read_card(dest)
     print(f"{dest}: training {json.dumps(card['training'].get('gpu_retrain'))}; metrics {json.dumps(card['metrics'])}")
 

@@ -87,6 +87,23 @@ def test_log_mse_is_minus_mean_psnr_and_weighs_smooth_images_up():
         reconstruction_loss(rec, x, "l1")
 
 
+def test_weighted_reconstruction_loss_counts_weighted_pixels_and_reports_the_plain_mse():
+    from lqae_cli.model import LOG_MSE_FLOOR, LOG_MSE_SCALE, reconstruction_loss
+
+    x = torch.zeros(2, 3, 4, 4)
+    rec = x.clone()
+    rec[:, :, 0, :] = 0.5                                                  # error only in the top row
+    ones = torch.ones(1, 1, 4, 4)
+    for kind in ("mse", "log_mse"):
+        assert torch.equal(reconstruction_loss(rec, x, kind, ones)[0], reconstruction_loss(rec, x, kind)[0])
+    w = torch.ones(1, 1, 4, 4)
+    w[:, :, 0, :] = 4.0                                                    # the top row counts 4x
+    loss, mse = reconstruction_loss(rec, x, "mse", w)
+    assert torch.allclose(loss, torch.tensor(0.25 * 4 / 4)) and torch.allclose(mse, torch.tensor(0.25 / 4))
+    loss, _ = reconstruction_loss(rec, x, "log_mse", w)
+    assert torch.allclose(loss, LOG_MSE_SCALE * torch.log(torch.tensor(0.25 + LOG_MSE_FLOOR)))
+
+
 def test_unknown_recon_loss_in_config_refused(tiny_lm):
     with pytest.raises(ValueError, match="log_mse"):
         LQAE(tiny_config(tiny_lm, recon_loss="huber"), tiny_lm)
