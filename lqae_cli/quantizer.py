@@ -16,25 +16,26 @@ The search is an exact cosine nearest neighbour over the allowed vocabulary; wha
 passed on to the LM is always the word's own raw embedding.
 
 How the search is exact and fast on any hardware. The reference is: the word whose code has the
-largest float64 dot product with the fp32 unit query, ties to the lower id. Two ways find it:
+largest float64 dot product with the fp32 unit query, ties to the lower id. Three ways find it:
 
-- Dense (GPUs, and small batches on CPUs): one fp32 product with bf16-rounded codes scores every
-  word within a proven bound (SCORE_ERROR) of its true score; the few words that can still win are
-  re-scored in float64. It needs no bf16 hardware.
-- A k-d tree (CPUs, `scipy.spatial.cKDTree`, the standard compiled exact tree): with
-  8 dimensions and 21,745 codes, scoring every word is the wrong algorithm, since a (4,096 x 8) @
-  (8 x 21,745) product is bound by writing its 89 million scores, and where bf16 is emulated (AVX2
-  CPUs) it was the largest part of encoding. The tree finds each query's two nearest codes by exact
-  float64 Euclidean distance. Codes and queries are unit vectors up to fp32 rounding, and for them
-  d^2 = |q|^2 + |x|^2 - 2 q.x, so the Euclidean nearest is the cosine nearest unless the two are
-  closer in d^2 than the spread of the codes' |x|^2 (about 1e-7); such rows (ties, borders) are
-  decided by the dense path. The result is the same word either way.
+- Dense (GPUs, small batches on CPUs, and the few rows the others cannot certify): one fp32 product with
+  bf16-rounded codes scores every word within a proven bound (SCORE_ERROR) of its true score; the few
+  words that can still win are re-scored in float64. It needs no bf16 hardware.
+- faiss (large CPU batches, where faiss is installed; `search.py`): with 8 dimensions and 21,745 codes,
+  scoring every word through a plain matrix product is the wrong algorithm, since a (4,096 x 8) @
+  (8 x 21,745) product is bound by writing its 89 million scores, and where bf16 is emulated (AVX2 CPUs)
+  it was the largest part of encoding. faiss's exhaustive k = 1 pass keeps each row's minimum while its
+  block is in cache; a list of each word's nearest codes, built once per checkpoint and cached, then
+  certifies that no other word ties. About 2% of real patches, which it cannot certify, go to the dense pass.
+- A k-d tree (CPUs without faiss, `scipy.spatial.cKDTree`): it finds each query's two nearest codes by
+  exact float64 Euclidean distance. For unit vectors d^2 = |q|^2 + |x|^2 - 2 q.x, so the Euclidean
+  nearest is the cosine nearest unless the two are closer in d^2 than the spread of the codes' |x|^2
+  (about 1e-7); such rows (ties, borders) are decided by the dense pass.
 
-Which is faster depends on the CPU (the dense product is fast with AVX-512, slow where only AVX2 is
-there), so on a CPU the first large batch is searched both ways, timed, and the faster way is kept
-for the rest of the process; the words are the same either way. Clustering the codes with bound
-pruning was tried too: it scores 10-30x fewer words, but gathering them with tensor indexing cost
-more than the dense product it replaced.
+The result is the same word every way. Without faiss, the first large CPU batch is searched both by the
+tree and densely, timed, and the faster way is kept for the rest of the process (the dense product is
+fast with AVX-512, slow where only AVX2 is there). Clustering the codes with bound pruning was tried too:
+it scores 10-30x fewer words, but gathering them with tensor indexing cost more than the dense product.
 """
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ import torch.nn.functional as F
 from .errors import ConfigError, LQAEError
 
 
+def faiss_available() -> bool:
+    from .search import available
+
+    return available()
+
+
 @dataclass
 class QuantizerOutput:
     ids: torch.Tensor           # (B, T) vocabulary ids
@@ -56,8 +63,8 @@ class QuantizerOutput:
     decorrelation_loss: torch.Tensor  # scalar: off-diagonal covariance of the batch's vectors
 
 
-KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) may use the k-d tree; fewer always use
-                           # the dense pass, which needs no scipy import (a one-image encode starts faster)
+KDTREE_MIN_ROWS = 2048     # CPU batches from this many vectors (32 images) use faiss or the k-d tree; fewer always
+                           # use the dense pass, which imports neither (a one-image encode starts faster)
 DENSE_CHUNK = 256          # rows per dense product on a CPU: its (256 x 21,745) scores stay in cache
 GPU_CHUNK = 16384          # rows per dense product on a GPU (fewer kernel launches; 1.4 GB of scores)
 SCORE_BLOCK = 512          # words per block in the dense candidate pass (its block maxima reduce contiguous scores)
@@ -93,7 +100,9 @@ class WordQuantizer(nn.Module):
         self.register_buffer("position_dither", dither)
         self._tree = None      # the k-d tree over match_codes, built on first use
         self._norm_spread = 0.0
-        self.cpu_search: str | None = None  # "dense" or "kdtree": the faster on this CPU, timed on the first large batch
+        self._lists = None     # search.ListSearch over match_codes, built (or read from the cache) on first use
+        self.cpu_search: str | None = None  # for large CPU batches: "faiss" where installed, else "dense" or "kdtree",
+                                            # whichever was faster on the first such batch
         if fit:  # a checkpoint load brings the fitted space instead
             self.fit_matching_space()
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_codes())
@@ -126,7 +135,7 @@ class WordQuantizer(nn.Module):
         pad = -len(self.match_codes) % SCORE_BLOCK
         padded = torch.cat([self.match_codes, self.match_codes[:1].expand(pad, -1)])
         self.search_codes_t = padded.T.to(torch.bfloat16).float().contiguous()   # (k, A padded)
-        self._tree = None
+        self._tree = self._lists = None
 
     @property
     def num_allowed(self) -> int:
@@ -139,8 +148,8 @@ class WordQuantizer(nn.Module):
         The same ids whatever the batch size, chunking, method or device (see the module docstring):
         the word with the largest float64 dot product with the fp32 unit vector, ties to the lower id.
         method: "auto" (dense on GPUs and for small CPU batches; for CPU batches of KDTREE_MIN_ROWS
-        vectors or more, whichever of the two was faster on the first such batch), "dense" or
-        "kdtree". A non-finite vector raises LQAEError.
+        vectors or more, faiss where it is installed, else whichever of dense and the tree was faster
+        on the first such batch), "dense", "kdtree" or "faiss". A non-finite vector raises LQAEError.
         """
         shape = u.shape[:-1]
         chunk = chunk or (DENSE_CHUNK if u.device.type == "cpu" else GPU_CHUNK)
@@ -150,12 +159,16 @@ class WordQuantizer(nn.Module):
         if method == "auto":
             if flat.device.type != "cpu" or flat.shape[0] < KDTREE_MIN_ROWS:
                 method = "dense"
+            elif self.cpu_search is None and self.num_allowed >= 2 and faiss_available():
+                method = self.cpu_search = "faiss"
             elif self.cpu_search is None:
                 return self.allowed_ids[self._time_both(flat, chunk)].reshape(shape)
             else:
                 method = self.cpu_search
         if method == "kdtree":
             rows = self._nearest_rows_kdtree(flat)
+        elif method == "faiss":
+            rows = self._nearest_rows_faiss(flat, chunk)
         elif method == "dense":
             rows = self._nearest_rows_dense(flat, chunk)
         else:
@@ -180,6 +193,22 @@ class WordQuantizer(nn.Module):
         t2 = time.perf_counter()
         self.cpu_search = "kdtree" if t1 - t0 < t2 - t1 else "dense"
         return rows
+
+    def _nearest_rows_faiss(self, flat: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(n, k) fp32 unit vectors -> codebook rows, by faiss and the neighbour lists (search.py); the rows
+        they cannot certify by the dense pass."""
+        if self.num_allowed < 2:
+            return self._nearest_rows_dense(flat, chunk)
+        if self._lists is None:
+            from .search import ListSearch
+
+            self._lists = ListSearch(self.match_codes)
+        rows, unsure = self._lists.rows(flat.cpu().numpy())
+        rows = torch.from_numpy(rows)
+        if len(unsure):
+            unsure = torch.from_numpy(unsure)
+            rows[unsure] = self._nearest_rows_dense(flat[unsure], chunk).cpu()
+        return rows.to(flat.device)
 
     def _nearest_rows_kdtree(self, part: torch.Tensor) -> torch.Tensor:
         """(n, k) fp32 unit vectors on the CPU -> codebook rows of their nearest words (n,)."""

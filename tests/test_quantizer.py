@@ -19,23 +19,24 @@ def brute_force(q: WordQuantizer, u: torch.Tensor) -> torch.Tensor:
     return q.allowed_ids[rows]
 
 
-@pytest.mark.parametrize("method", ["auto", "dense", "kdtree"])
+@pytest.mark.parametrize("method", ["auto", "dense", "kdtree", "faiss"])
 def test_exact_nearest_matches_brute_force(quantizer, method):
     u = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
     assert torch.equal(quantizer.nearest_ids(u, method=method), brute_force(quantizer, u))
 
 
-def test_kdtree_and_dense_agree_on_exact_ties_and_borders(quantizer):
-    """Queries exactly between two codes, on a code, and halfway to a code's antipode: the tree cannot
-    tell such rows apart by distance, hands them to the dense pass, and both give the brute-force word."""
+def test_every_search_agrees_on_exact_ties_and_borders(quantizer):
+    """Queries exactly between two codes, on a code, and halfway to a code's antipode: the tree and the
+    faiss lists cannot tell such rows apart by distance, hand them to the dense pass, and all three give
+    the brute-force word."""
     g = torch.Generator().manual_seed(5)
     codes = quantizer.match_codes
     a, b = torch.randint(len(codes), (300,), generator=g), torch.randint(len(codes), (300,), generator=g)
     u = torch.cat([codes[a] + codes[b], codes[a], codes[a] - codes[b], torch.randn(3000, 8, generator=g)])
     ref = brute_force(quantizer, u)
-    assert torch.equal(quantizer.nearest_ids(u, method="kdtree"), ref)
-    assert torch.equal(quantizer.nearest_ids(u, method="dense"), ref)
-    assert torch.equal(quantizer.nearest_ids(u), ref)  # 3,900 rows: "auto" takes the tree
+    for method in ("kdtree", "faiss", "dense"):
+        assert torch.equal(quantizer.nearest_ids(u, method=method), ref)
+    assert torch.equal(quantizer.nearest_ids(u), ref)  # 3,900 rows: "auto" takes faiss
 
 
 def test_near_ties_decided_exactly(quantizer):
@@ -62,7 +63,7 @@ def test_search_when_every_word_points_away(quantizer):
     quantizer.match_codes.copy_(cone)
     quantizer.build_search_codes()
     u = -axis + 0.3 * torch.randn(200, 8, generator=g)
-    for method in ("dense", "kdtree"):
+    for method in ("dense", "kdtree", "faiss"):
         assert torch.equal(quantizer.nearest_ids(u, method=method), brute_force(quantizer, u))
         with pytest.raises(LQAEError, match="non-finite"):
             quantizer.nearest_ids(torch.full((1, 8), float("nan")), method=method)
@@ -83,7 +84,7 @@ def test_ties_go_to_lower_id(tiny_lm):
     emb[b] = emb[a]  # two words with identical embeddings
     q = WordQuantizer(emb, allowed, match_dim=8)
     code = q.match_codes[q.row_of_id[a]]
-    for method in ("dense", "kdtree"):
+    for method in ("dense", "kdtree", "faiss"):
         assert int(q.nearest_ids(code.unsqueeze(0), method=method)[0]) == min(a, b)
 
 
@@ -118,3 +119,41 @@ def test_position_dither_spreads_a_flat_region(tiny_lm):
     ids = dithered.nearest_ids(dithered.dithered(flat))
     assert len(set(ids[0].tolist())) > 4
     assert torch.equal(ids[0], ids[1])  # deterministic: same position, same word
+
+
+def test_faiss_lists_are_cached_and_a_bad_cache_is_rebuilt(quantizer, monkeypatch, tmp_path):
+    """The neighbour lists are built once per set of codes and read back after; a cache file that is
+    truncated or of the wrong shape is rebuilt."""
+    from lqae_cli import search
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = search.ListSearch(quantizer.match_codes)
+    files = list((tmp_path / "lqae").glob("search-*.safetensors"))
+    assert len(files) == 1
+    u = torch.nn.functional.normalize(torch.randn(3000, 8, generator=torch.Generator().manual_seed(6)), dim=-1)
+    ref_rows = quantizer.row_of_id[brute_force(quantizer, u)]
+
+    def certified(s):
+        rows, unsure = s.rows(u.numpy())
+        keep = torch.ones(len(u), dtype=torch.bool)
+        keep[torch.from_numpy(unsure)] = False
+        return torch.from_numpy(rows)[keep], keep
+
+    rows, keep = certified(first)
+    assert keep.float().mean() > 0.5 and torch.equal(rows, ref_rows[keep])
+
+    built = []
+    monkeypatch.setattr(search.ListSearch, "build", lambda self: built.append(1) or (_ for _ in ()).throw(AssertionError))
+    again = search.ListSearch(quantizer.match_codes)  # read from the cache: no build
+    assert not built and torch.equal(certified(again)[0], rows)
+
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lists, reach = first.lists.copy(), first.reach.copy()
+    reach[:, -1] = 10.0
+    from safetensors.numpy import save
+
+    files[0].write_bytes(save({"lists": lists[:, :4].copy(), "reach": reach}))
+    assert torch.equal(certified(search.ListSearch(quantizer.match_codes))[0], rows)
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated
+    assert torch.equal(certified(search.ListSearch(quantizer.match_codes))[0], rows)

@@ -47,9 +47,9 @@ def brute_force_ids(q, u: torch.Tensor) -> torch.Tensor:
     return q.allowed_ids[torch.cat(rows)]
 
 
-@pytest.mark.parametrize("method", ["dense", "kdtree"])
+@pytest.mark.parametrize("method", ["dense", "kdtree", "faiss"])
 def test_shipped_search_is_exact_on_the_real_vocabulary(method):
-    """Neither search loses the true nearest word among all 21,745 MiniLM words: vectors anywhere, near ties,
+    """No search loses the true nearest word among all 21,745 MiniLM words: vectors anywhere, near ties,
     exact ties (halfway between two codes) and borders (a code's antipode)."""
     from lqae_cli.checkpoint import load_model
 
@@ -66,7 +66,7 @@ def test_shipped_search_is_exact_on_the_real_vocabulary(method):
 @pytest.mark.slow
 def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
     """Every patch of the 600 held-out photo crops (rebuilt exactly as scripts/build_data.py makes them):
-    the k-d tree and the dense pass give the brute-force word, and encode gives those words."""
+    faiss with its lists, the k-d tree and the dense pass give the brute-force word, and encode gives those words."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_data
 
@@ -80,7 +80,7 @@ def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
     with torch.no_grad():
         u = tok.model.quantizer.dithered(tok.model.encoder(x * 2 - 1))          # (600, 64, 8): 38,400 patches
     ref = brute_force_ids(tok.model.quantizer, u)
-    for method in ("kdtree", "dense"):
+    for method in ("faiss", "kdtree", "dense"):
         assert torch.equal(tok.model.quantizer.nearest_ids(u, method=method).flatten(), ref)
     assert torch.equal(tok.encode_pixels(x).flatten(), ref)
 
