@@ -151,6 +151,7 @@ class LQAE(nn.Module):
         self.quantizer = WordQuantizer(lm.word_embeddings, lm.allowed_ids(cfg.vocab_rule), cfg.match_dim,
                                        cfg.entropy_temperature, cfg.entropy_tokens, fit=fit_matching,
                                        num_positions=cfg.num_tokens, position_dither=cfg.position_dither)
+        self.quantizer.codes_cache_key = f"{lm.fingerprint}/{cfg.vocab_rule}"  # for refresh_codes' cache
         self.decoder = Decoder(cfg, lm.hidden_size)
         self.register_buffer("mask_embed", lm.word_embeddings[lm.mask_id].clone(), persistent=False)
         self.register_buffer("frame_embeds", lm.word_embeddings[[lm.cls_id, lm.sep_id]].clone(), persistent=False)

@@ -101,6 +101,7 @@ class WordQuantizer(nn.Module):
         self._tree = None      # the k-d tree over match_codes, built on first use
         self._norm_spread = 0.0
         self._lists = None     # search.ListSearch over match_codes, built (or read from the cache) on first use
+        self.codes_cache_key: str | None = None  # set by LQAE (LM fingerprint, vocabulary rule): codes may be cached
         self.cpu_search: str | None = None  # for large CPU batches: "faiss" where installed, else "dense" or "kdtree",
                                             # whichever was faster on the first such batch
         if fit:  # a checkpoint load brings the fitted space instead
@@ -123,10 +124,60 @@ class WordQuantizer(nn.Module):
 
     @torch.no_grad()
     def refresh_codes(self) -> None:
+        """The unit codes of the allowed words in the matching space, from the codebook and the fitted
+        space; read from the per-machine cache when this LM, space, torch and CPU kind made them before
+        (computing them touches the whole 47 MB table: a tenth of a one-image start)."""
+        path = self._codes_cache_path()
+        if path is not None and self._read_codes(path):
+            self.build_search_codes()
+            return
         rows = self.codebook.index_select(0, self.allowed_ids)
         rows.sub_(self.match_mean)  # in place: the same numbers as (rows - mean), one 33 MB buffer fewer at start
         self.match_codes.copy_(F.normalize(rows @ self.match_proj, dim=-1))
         self.build_search_codes()
+        if path is not None:
+            from safetensors.torch import save
+
+            from .checkpoint import atomic_write_bytes
+
+            try:
+                atomic_write_bytes(path, save({"codes": self.match_codes.cpu().contiguous()}))
+            except OSError:
+                pass  # a read-only cache only means computing them again next time
+
+    def _codes_cache_path(self):
+        """The cache file for the codes, or None where there is no LM identity to key them by (set by LQAE:
+        the LM's fingerprint and vocabulary rule). The key also holds the fitted space's numbers, the allowed
+        ids, torch's version and the CPU kind, whose arithmetic made them."""
+        if self.codes_cache_key is None or self.codebook.device.type != "cpu":
+            return None
+        import hashlib
+
+        from .runtime import cache_file
+
+        h = hashlib.sha256(repr((self.codes_cache_key, torch.__version__, torch.backends.cpu.get_cpu_capability(),
+                                 tuple(self.match_codes.shape))).encode())
+        for t in (self.allowed_ids, self.match_mean, self.match_proj):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return cache_file(f"codes-{h.hexdigest()[:24]}.safetensors")
+
+    def _read_codes(self, path) -> bool:
+        """Copy cached codes into match_codes; False (and nothing changed) if the file is missing, unreadable or wrong."""
+        try:
+            from safetensors.torch import load_file
+
+            codes = load_file(str(path))["codes"]
+        except Exception:  # missing, truncated or not ours: compute them
+            return False
+        if codes.dtype != torch.float32 or codes.shape != self.match_codes.shape:
+            return False
+        import numpy as np
+
+        norms = np.linalg.norm(codes.numpy(), axis=1)  # unit vectors (numpy: torch's first isfinite costs 40 ms)
+        if not (np.abs(norms - 1) < 1e-4).all():
+            return False
+        self.match_codes.copy_(codes)
+        return True
 
     def build_search_codes(self) -> None:
         """The codes for the candidate pass, rounded to bf16 (the bound SCORE_ERROR allows for) and held

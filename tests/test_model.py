@@ -162,6 +162,25 @@ def test_save_load_identical(tiny_ckpt):
     assert a.card["training"] == {"steps": 3}
 
 
+def test_matching_codes_cache_is_used_and_a_bad_one_ignored(tiny_ckpt, tmp_path, monkeypatch):
+    """A load computes the matching codes once per machine and reads them back after; a cache file that
+    is truncated or holds no unit codes is not trusted: the codes (and so the words) stay the computed ones."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh = load_model(tiny_ckpt).quantizer.match_codes.clone()
+    files = list((tmp_path / "lqae").glob("codes-*.safetensors"))
+    assert len(files) == 1
+    from safetensors.torch import load_file, save_file
+
+    assert torch.equal(load_file(str(files[0]))["codes"], fresh)
+    save_file({"codes": torch.full_like(fresh, 0.5)}, str(files[0]))  # right shape, not unit vectors
+    assert torch.equal(load_model(tiny_ckpt).quantizer.match_codes, fresh)
+    assert torch.equal(load_file(str(files[0]))["codes"], fresh)  # and written again
+    files[0].write_bytes(files[0].read_bytes()[:50])
+    assert torch.equal(load_model(tiny_ckpt).quantizer.match_codes, fresh)
+    cached = load_model(tiny_ckpt).quantizer  # from the rewritten file: the same numbers
+    assert torch.equal(cached.match_codes, fresh)
+
+
 def test_save_load_roundtrip_from_model(tiny_model, tmp_path):
     path = tmp_path / "m.safetensors"
     save_model(tiny_model, path)
