@@ -63,8 +63,11 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
+        # the flags say what the CPU has; torch's capability what its kernels may use (ATEN_CPU_CAPABILITY=avx2
+        # holds them to AVX2 on an AVX-512 CPU, and bf16 is then emulated)
         capability = str(torch.backends.cpu.get_cpu_capability())
-        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or "BF16" in capability or "AMX" in capability
+        has = bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and capability.startswith("AVX512")
+        return has or "BF16" in capability or "AMX" in capability
     return False
 
 
@@ -93,7 +96,8 @@ def _cpu_key() -> str:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     flags = hashlib.sha1(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
-    return f"{model}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model}|{flags}|torch {torch.__version__} {capability}|{torch.get_num_threads()} threads"
 
 
 @functools.lru_cache(maxsize=None)

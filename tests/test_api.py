@@ -234,6 +234,21 @@ def test_auto_precision_is_bf16_only_where_native_and_faster(monkeypatch):
         precision.resolve("fp16", cpu)
 
 
+def test_native_bf16_needs_the_flag_and_kernels_allowed_to_use_it(monkeypatch):
+    """An AVX-512 BF16 CPU whose torch kernels are held to AVX2 (ATEN_CPU_CAPABILITY=avx2) emulates bf16."""
+    from lqae_cli import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert precision.native_bf16(cpu)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not precision.native_bf16(cpu)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert not precision.native_bf16(cpu)
+
+
 def test_decode_auto_never_picks_int8_and_int8_is_cpu_only(monkeypatch):
     """int8's dynamic scales follow the whole batch, so auto (batch-independent decodes) never takes it."""
     from lqae_cli import precision
