@@ -77,7 +77,8 @@ def where_encode_time_goes(tok, folder: Path, batch_size: int = 64) -> dict[str,
     t1 = time.perf_counter()
     enc = search = 0.0
     q = tok.model.quantizer
-    tok.encode_pixels(x[:batch_size])  # warm-up (and the CPU's dense-or-tree choice)
+    tok.encode_pixels(x[:batch_size])  # warm-up (and the CPU's choice of search)
+    vectors = []
     with torch.inference_mode():
         for part in x.split(batch_size):
             a = time.perf_counter()
@@ -85,13 +86,28 @@ def where_encode_time_goes(tok, folder: Path, batch_size: int = 64) -> dict[str,
             b = time.perf_counter()
             q.nearest_ids(u)
             enc, search = enc + b - a, search + time.perf_counter() - b
+            vectors.append(u)
+    methods = {}  # every search on the same vectors, interleaved, median of 3 passes
+    if x.device.type == "cpu":
+        from lqae_cli.quantizer import faiss_available
+
+        names = ["kdtree", "dense"] + (["faiss"] if faiss_available() else [])
+        for name in names:
+            q.nearest_ids(vectors[0], method=name)  # builds (or reads) what the method needs
+        for _ in range(3):
+            for name in names:
+                a = time.perf_counter()
+                for u in vectors:
+                    q.nearest_ids(u, method=name)
+                methods.setdefault(name, []).append(time.perf_counter() - a)
+        methods = {k: statistics.median(v) for k, v in methods.items()}
     with tempfile.TemporaryDirectory() as out:
         sources, _, _ = gather_sources([str(folder)])
         t2 = time.perf_counter()
         encode_all(tok, sources, Destination("folder", Path(out)), "text", batch_size=batch_size)
         total = time.perf_counter() - t2
     return {"images": len(files), "read": t1 - t0, "encoder": enc, "search": search, "end_to_end": total,
-            "search_method": q.cpu_search or "dense"}
+            "search_method": q.cpu_search or "dense", "methods": methods}
 
 
 def main() -> None:
@@ -131,6 +147,10 @@ def main() -> None:
               f"{w['search']:.2f} s ({w['search_method']}, {w['search'] / (w['encoder'] + w['search']):.1%} of encoder + search); "
               f"steady-state encode (read, encode, write) {n / w['end_to_end']:.0f} images/s = {n / w['end_to_end'] / enc_limit:.0%} "
               f"of the encoder's FLOP-bound rate")
+        if w["methods"]:
+            per = {k: v / (n * tok.config.num_tokens) * 1e6 for k, v in w["methods"].items()}
+            print("search  the same vectors by each method (median of 3 interleaved passes): " + ", ".join(
+                f"{k} {w['methods'][k]:.2f} s = {per[k]:.1f} us/vector" for k in per))
         # end to end, as a user runs it: fp32 (the default), auto and bf16 alternate so they see the same machine
         runs: dict[str, list[float]] = {p: [] for p in precisions}
         for _ in range(a.repeats):
