@@ -24,9 +24,10 @@ largest float64 dot product with the fp32 unit query, ties to the lower id. Thre
 - faiss (large CPU batches, where faiss is installed; `search.py`): with 8 dimensions and 21,745 codes,
   scoring every word through a plain matrix product is the wrong algorithm, since a (4,096 x 8) @
   (8 x 21,745) product is bound by writing its 89 million scores, and where bf16 is emulated (AVX2 CPUs)
-  it was the largest part of encoding. faiss's exhaustive k = 1 pass keeps each row's minimum while its
-  block is in cache; a list of each word's nearest codes, built once per checkpoint and cached, then
-  certifies that no other word ties. About 2% of real patches, which it cannot certify, go to the dense pass.
+  it was the largest part of encoding. faiss's exhaustive nearest-code pass keeps each row's minimum
+  while its block is in cache; run over every 8th code and refined along a list of each word's nearest
+  codes (built once per checkpoint and cached), it finds a near word, and the same list certifies that
+  no other word ties. About 2% of real patches, which it cannot certify, go to the dense pass.
 - A k-d tree (CPUs without faiss, `scipy.spatial.cKDTree`): it finds each query's two nearest codes by
   exact float64 Euclidean distance. For unit vectors d^2 = |q|^2 + |x|^2 - 2 q.x, so the Euclidean
   nearest is the cosine nearest unless the two are closer in d^2 than the spread of the codes' |x|^2
