@@ -189,6 +189,10 @@ def main() -> None:
                   f"images (floor 1024 MiB, flat)")
             print(f"encode  {a.memory_images} images end to end: {big_s:.1f} s = {a.memory_images / big_s:.0f} images/s = "
                   f"{a.memory_images / big_s / enc_limit:.0%} of the encoder's FLOP-bound rate, process start included")
+    from common import matmul_rate
+
+    print(f"matmul  at the end of the run: fp32 {matmul_rate('float32'):.0f} GFLOP/s (the shares above use "
+          f"{rates['fp32']:.0f}, measured at its start)")
 
 
 if __name__ == "__main__":

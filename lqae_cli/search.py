@@ -106,8 +106,8 @@ class ListSearch:
             t = load_file(str(path))
             lists, reach = t["lists"], t["reach"]
             A = len(self.codes)
-            if (lists.shape == (A, self.K) and reach.shape == (A, len(self.buckets)) and reach.dtype == np.float64
-                    and lists.min() >= 0 and lists.max() < A):
+            if (lists.shape == (A, self.K) and lists.dtype in (np.int16, np.int32) and lists.min() >= 0
+                    and lists.max() < A and reach.shape == (A, len(self.buckets)) and reach.dtype == np.float64):
                 return lists, reach
         except Exception:  # missing, unreadable, truncated or someone else's file: build it again
             pass
