@@ -87,7 +87,8 @@ def _matmul_seconds(dtype: torch.dtype, device: torch.device, repeats: int = 5) 
     return sorted(times)[len(times) // 2]
 
 
-def _cpu_key() -> str:
+def cpu_key() -> str:
+    """This CPU as its arithmetic is concerned: model, flags, torch version and capability, threads."""
     import hashlib
     import platform
 
@@ -108,7 +109,7 @@ def bf16_speedup(device: torch.device) -> float:
 
     key = None
     if device.type == "cpu":
-        key = _cpu_key()
+        key = cpu_key()
         cached = read_cache(SPEEDUP_CACHE).get(key)
         if isinstance(cached, float):
             return cached

@@ -149,15 +149,16 @@ class WordQuantizer(nn.Module):
     def _codes_cache_path(self):
         """The cache file for the codes, or None where there is no LM identity to key them by (set by LQAE:
         the LM's fingerprint and vocabulary rule). The key also holds the fitted space's numbers, the allowed
-        ids, torch's version and the CPU kind, whose arithmetic made them."""
+        ids, and the CPU model, its flags, torch's version and capability and the thread count, whose arithmetic
+        made them (a home folder shared by several machines never hands one machine another's rounding)."""
         if self.codes_cache_key is None or self.codebook.device.type != "cpu":
             return None
         import hashlib
 
+        from .precision import cpu_key
         from .runtime import cache_file
 
-        h = hashlib.sha256(repr((self.codes_cache_key, torch.__version__, torch.backends.cpu.get_cpu_capability(),
-                                 tuple(self.match_codes.shape))).encode())
+        h = hashlib.sha256(repr((self.codes_cache_key, cpu_key(), tuple(self.match_codes.shape))).encode())
         for t in (self.allowed_ids, self.match_mean, self.match_proj):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return cache_file(f"codes-{h.hexdigest()[:24]}.safetensors")
