@@ -8,14 +8,14 @@ among words closer in d^2 than the spread of |x|^2 (about 6e-7 for the shipped c
 Why this way (measured on 64,000 held-out patch vectors, 21,745 codes in 8-d, 2-core AVX-512 Xeon):
 - faiss's exhaustive L2 search with k = 1 runs the distance products as BLAS blocks and keeps each row's
   minimum while the block is in cache, without writing the 21,745 scores per query that make a plain
-  matrix product memory-bound: about 2 us per query, against 7 for scipy's k-d tree (k = 2) and 8-12 for
-  the dense product with its block maxima. With k = 2, or a range search, faiss leaves that fused path and
+  matrix product memory-bound: about 2 us per query, against 7-10 for scipy's k-d tree (k = 2) and 8-14
+  for the dense product with its block maxima (README: the whole search side by side with both). With k = 2, or a range search, faiss leaves that fused path and
   is slower than the tree, and a tree cannot go much faster in 8 dimensions: it visits many leaves.
 - What k = 1 does not give is the certainty that no other word ties or nearly ties with the one found
   (fp32 distances err by up to ~3e-6). That comes from a list, built once per set of codes, of each word's
   nearest codes and of `reach`: how far beyond the first B of them every other code lies (a lower bound
   from faiss's own ranked distances less their error bound). For a query at distance d from some word w,
-  every word that could tie lies within r = d + sqrt(d^2 + slack) of w (the triangle inequality), so when
+  every word that could tie or win lies within r = d + sqrt(d^2 + slack) of w (the triangle inequality), so when
   reach[w, B] > r the first B neighbours of w hold them all: faiss scores those B (16, 64, 256 or 512 of
   them, the smallest that suffices) and the best is certain when the runner-up is farther by more than
   the error bound and the norm spread.
