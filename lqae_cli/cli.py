@@ -204,6 +204,7 @@ def info(weights: Weights = None, fmt: Annotated[ReportFormat, typer.Option("--f
     print(f"vocabulary        rule '{data['vocab_rule']}', {allowed if allowed is not None else '?'} allowed words")
     print(f"precision auto    {data['auto_precision']}")
     print(f"decode auto       {data['auto_decode_precision']}")
+    print(f"word search       {data['word_search']}")
     n = cfg["decoder_lm_layers"]
     layers = "the LM's last layer" if n == 1 else f"the LM's last {n} layers"
     print(f"model             encoder {cfg['enc_depth']}x{cfg['enc_width']}, decoder {cfg['dec_depth']}x{cfg['dec_width']} reading {layers}, "

@@ -55,6 +55,21 @@ def faiss_available() -> bool:
     return available()
 
 
+def describe_search(device: torch.device) -> str:
+    """What the word search runs on `device` (`lqae info`)."""
+    if device.type != "cpu":
+        return f"one fp32 pass over every word with a proven error bound, near ties in float64 ({device.type})"
+    small = f"batches under {KDTREE_MIN_ROWS // 64} images: the dense fp32 pass"
+    if faiss_available():
+        import faiss
+
+        from .runtime import cache_file
+
+        return (f"faiss {faiss.__version__} pass + neighbour lists (built once, cached in {cache_file('search').parent}); "
+                f"{small}")
+    return f"faiss is not installed: the k-d tree or the dense pass, whichever is faster on the first large batch; {small}"
+
+
 @dataclass
 class QuantizerOutput:
     ids: torch.Tensor           # (B, T) vocabulary ids

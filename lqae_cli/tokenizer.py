@@ -106,6 +106,7 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
     from .errors import LMError
     from .lm import LanguageModel
     from .precision import explain, explain_decode
+    from .quantizer import describe_search
 
     path = weights_path(weights)
     card = read_card(path)
@@ -116,6 +117,7 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
         allowed = None
     device = resolve_device(None)
     return {"checkpoint": str(path), "auto_precision": explain(device), "auto_decode_precision": explain_decode(device),
+            "word_search": describe_search(device),
             "image_size": cfg.image_size, "patch_size": cfg.patch_size,
             "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,
             "lm_fingerprint": cfg.lm_fingerprint, "vocab_rule": cfg.vocab_rule, "allowed_vocabulary": allowed,

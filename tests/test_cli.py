@@ -250,6 +250,7 @@ def test_missing_checkpoint_and_cuda(run, images, tmp_path, monkeypatch):
 def test_info_text_and_json(run, tiny_ckpt):
     r = run("info")
     assert r.exit_code == 0 and "4x4 = 16 words" in r.stdout
+    assert "word search       faiss" in r.stdout  # faiss is a dependency: large CPU batches use it
     data = json.loads(run("info", "-f", "json").stdout)
     assert data["grid"] == [4, 4] and data["training"] == {"steps": 3}
 
