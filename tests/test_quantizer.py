@@ -157,3 +157,16 @@ def test_faiss_lists_are_cached_and_a_bad_cache_is_rebuilt(quantizer, monkeypatc
     assert torch.equal(certified(search.ListSearch(quantizer.match_codes))[0], rows)
     files[0].write_bytes(files[0].read_bytes()[:100])  # truncated
     assert torch.equal(certified(search.ListSearch(quantizer.match_codes))[0], rows)
+
+
+def test_without_faiss_large_batches_take_the_tree_or_the_dense_pass(tiny_lm, monkeypatch):
+    """faiss is optional: where it is missing, the first large CPU batch times the k-d tree against the
+    dense pass and keeps the faster; the words are the same."""
+    from lqae_cli import quantizer as qmod
+
+    monkeypatch.setattr(qmod, "faiss_available", lambda: False)
+    q = WordQuantizer(tiny_lm.word_embeddings, tiny_lm.allowed_ids("all"), match_dim=8)
+    u = torch.randn(qmod.KDTREE_MIN_ROWS + 100, 8, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(q.nearest_ids(u), brute_force(q, u))
+    assert q.cpu_search in ("kdtree", "dense") and q._lists is None
+    assert "faiss is not installed" in qmod.describe_search(torch.device("cpu"))
