@@ -59,7 +59,7 @@ def describe_search(device: torch.device) -> str:
     """What the word search runs on `device` (`lqae info`)."""
     if device.type != "cpu":
         return f"one fp32 pass over every word with a proven error bound, near ties in float64 ({device.type})"
-    small = f"batches under {KDTREE_MIN_ROWS // 64} images: the dense fp32 pass"
+    small = f"batches under {KDTREE_MIN_ROWS:,} patches: the dense fp32 pass"
     if faiss_available():
         import faiss
 
@@ -143,57 +143,50 @@ class WordQuantizer(nn.Module):
         """The unit codes of the allowed words in the matching space, from the codebook and the fitted
         space; read from the per-machine cache when this LM, space, torch and CPU kind made them before
         (computing them touches the whole 47 MB table: a tenth of a one-image start)."""
-        path = self._codes_cache_path()
-        if path is not None and self._read_codes(path):
+        name = self._codes_cache_name()
+        if name is not None and self._read_codes(name):
             self.build_search_codes()
             return
         rows = self.codebook.index_select(0, self.allowed_ids)
         rows.sub_(self.match_mean)  # in place: the same numbers as (rows - mean), one 33 MB buffer fewer at start
         self.match_codes.copy_(F.normalize(rows @ self.match_proj, dim=-1))
         self.build_search_codes()
-        if path is not None:
-            from safetensors.torch import save
+        if name is not None:
+            from .runtime import write_arrays
 
-            from .checkpoint import atomic_write_bytes
+            write_arrays(name, {"codes": self.match_codes.cpu().contiguous().numpy()})
 
-            try:
-                atomic_write_bytes(path, save({"codes": self.match_codes.cpu().contiguous()}))
-            except OSError:
-                pass  # a read-only cache only means computing them again next time
-
-    def _codes_cache_path(self):
-        """The cache file for the codes, or None where there is no LM identity to key them by (set by LQAE:
-        the LM's fingerprint and vocabulary rule). The key also holds the fitted space's numbers, the allowed
-        ids, and the CPU model, its flags, torch's version and capability and the thread count, whose arithmetic
-        made them (a home folder shared by several machines never hands one machine another's rounding)."""
+    def _codes_cache_name(self) -> str | None:
+        """The cache file's name for the codes, or None where there is no LM identity to key them by (set by
+        LQAE: the LM's fingerprint and vocabulary rule). The key also holds the fitted space's numbers, the
+        allowed ids, and the CPU model, its flags, torch's version and capability and the thread count, whose
+        arithmetic made them (a home folder shared by several machines never hands one machine another's
+        rounding)."""
         if self.codes_cache_key is None or self.codebook.device.type != "cpu":
             return None
         import hashlib
 
         from .precision import cpu_key
-        from .runtime import cache_file
 
         h = hashlib.sha256(repr((self.codes_cache_key, cpu_key(), tuple(self.match_codes.shape))).encode())
         for t in (self.allowed_ids, self.match_mean, self.match_proj):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return cache_file(f"codes-{h.hexdigest()[:24]}.safetensors")
+        return f"codes-{h.hexdigest()[:24]}.safetensors"
 
-    def _read_codes(self, path) -> bool:
-        """Copy cached codes into match_codes; False (and nothing changed) if the file is missing, unreadable or wrong."""
-        try:
-            from safetensors.torch import load_file
-
-            codes = load_file(str(path))["codes"]
-        except Exception:  # missing, truncated or not ours: compute them
-            return False
-        if codes.dtype != torch.float32 or codes.shape != self.match_codes.shape:
-            return False
+    def _read_codes(self, name: str) -> bool:
+        """Copy cached codes into match_codes; False (and nothing changed) if the file is missing, unreadable
+        or not unit codes of the right shape."""
         import numpy as np
 
-        norms = np.linalg.norm(codes.numpy(), axis=1)  # unit vectors (numpy: torch's first isfinite costs 40 ms)
+        from .runtime import read_arrays
+
+        codes = (read_arrays(name) or {}).get("codes")
+        if codes is None or codes.dtype != np.float32 or codes.shape != tuple(self.match_codes.shape):
+            return False
+        norms = np.linalg.norm(codes, axis=1)  # unit vectors (numpy: torch's first isfinite costs 40 ms)
         if not (np.abs(norms - 1) < 1e-4).all():
             return False
-        self.match_codes.copy_(codes)
+        self.match_codes.copy_(torch.from_numpy(codes))
         return True
 
     def build_search_codes(self) -> None:

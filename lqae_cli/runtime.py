@@ -1,5 +1,6 @@
 """What the commands share: reading workers, the stderr console with its progress bar, and the small
-per-machine cache ($XDG_CACHE_HOME/lqae, else ~/.cache/lqae) of things slow to find out at each start."""
+per-machine cache ($XDG_CACHE_HOME/lqae, else ~/.cache/lqae) of things slow to find out at each start
+(JSON objects, and arrays in safetensors files)."""
 from __future__ import annotations
 
 import os
@@ -90,5 +91,28 @@ def write_cache(name: str, data: dict) -> None:
 
     try:
         atomic_write_bytes(cache_file(name), json.dumps(data, indent=1).encode())
+    except OSError:
+        pass
+
+
+def read_arrays(name: str) -> dict | None:
+    """The numpy arrays cached under `name` (a safetensors file), or None if there are none or the file is
+    unreadable; the caller checks that they are what it needs."""
+    try:
+        from safetensors.numpy import load_file
+
+        return load_file(str(cache_file(name)))
+    except Exception:  # missing, truncated or not a safetensors file
+        return None
+
+
+def write_arrays(name: str, arrays: dict) -> None:
+    """Replace the cached arrays atomically; a read-only home only means computing them again next time."""
+    from safetensors.numpy import save
+
+    from .checkpoint import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(cache_file(name), save(arrays))
     except OSError:
         pass

@@ -9,14 +9,15 @@ Why this way (measured on 64,000 held-out patch vectors, 21,745 codes in 8-d, 2-
 - faiss's exhaustive L2 search with k = 1 runs the distance products as BLAS blocks and keeps each row's
   minimum while the block is in cache, without writing the 21,745 scores per query that make a plain
   matrix product memory-bound: about 2 us per query, against 7-10 for scipy's k-d tree (k = 2) and 8-14
-  for the dense product with its block maxima (README: the whole search side by side with both). With k = 2, or a range search, faiss leaves that fused path and
-  is slower than the tree, and a tree cannot go much faster in 8 dimensions: it visits many leaves.
+  for the dense product with its block maxima (README: the whole search side by side with both). With
+  k = 2, or a range search, faiss leaves that fused path and is slower than the tree, and a tree cannot
+  go much faster in 8 dimensions: it visits many leaves.
 - What k = 1 does not give is the certainty that no other word ties or nearly ties with the one found
   (fp32 distances err by up to ~3e-6). That comes from a list, built once per set of codes, of each word's
   nearest codes and of `reach`: how far beyond the first B of them every other code lies (a lower bound
   from faiss's own ranked distances less their error bound). For a query at distance d from some word w,
-  every word that could tie or win lies within r = d + sqrt(d^2 + slack) of w (the triangle inequality), so when
-  reach[w, B] > r the first B neighbours of w hold them all: faiss scores those B (16, 64, 256 or 512 of
+  every word that could tie or win lies within r = d + sqrt(d^2 + slack) of w (the triangle inequality),
+  so when reach[w, B] > r the first B neighbours of w hold them all: faiss scores those B (16, 64, 256 or 512 of
   them, the smallest that suffices) and the best is certain when the runner-up is farther by more than
   the error bound and the norm spread.
 - w need not be the nearest word, only near: the nearer, the smaller the list. So the first pass looks at
@@ -91,35 +92,24 @@ class ListSearch:
         self.lists, self.reach = self._load_or_build()
 
     # --- the lists ------------------------------------------------------------
-    def _key(self) -> str:
+    def _cache_name(self) -> str:
         h = hashlib.sha256(self.codes.tobytes())
         h.update(repr((CACHE_VERSION, self.codes.shape, self.K, self.buckets)).encode())
-        return h.hexdigest()[:24]
+        return f"search-{h.hexdigest()[:24]}.safetensors"
 
     def _load_or_build(self) -> tuple[np.ndarray, np.ndarray]:
-        from .runtime import cache_file
+        """The lists from the per-machine cache, or built (and cached) when they are missing or wrong."""
+        from .runtime import read_arrays, write_arrays
 
-        path = cache_file(f"search-{self._key()}.safetensors")
-        try:
-            from safetensors.numpy import load_file
-
-            t = load_file(str(path))
-            lists, reach = t["lists"], t["reach"]
-            A = len(self.codes)
-            if (lists.shape == (A, self.K) and lists.dtype in (np.int16, np.int32) and lists.min() >= 0
-                    and lists.max() < A and reach.shape == (A, len(self.buckets)) and reach.dtype == np.float64):
-                return lists, reach
-        except Exception:  # missing, unreadable, truncated or someone else's file: build it again
-            pass
+        A, name = len(self.codes), self._cache_name()
+        t = read_arrays(name) or {}
+        lists, reach = t.get("lists"), t.get("reach")
+        if (lists is not None and reach is not None and lists.shape == (A, self.K) and lists.dtype in (np.int16, np.int32)
+                and lists.min() >= 0 and lists.max() < A and reach.shape == (A, len(self.buckets))
+                and reach.dtype == np.float64):
+            return lists, reach
         lists, reach = self.build()
-        try:
-            from safetensors.numpy import save
-
-            from .checkpoint import atomic_write_bytes
-
-            atomic_write_bytes(path, save({"lists": lists, "reach": reach}))
-        except OSError:
-            pass  # a read-only cache only means building again next time
+        write_arrays(name, {"lists": lists, "reach": reach})
         return lists, reach
 
     def build(self) -> tuple[np.ndarray, np.ndarray]:
@@ -176,11 +166,9 @@ class ListSearch:
         A cascade, each step only for the queries the one before could not certify: the nearest of every
         COARSE_STRIDE-th code and the nearest of its first STEP listed neighbours; then the full pass's
         nearest; then the caller's dense pass."""
-        n = len(q)
+        if not len(q):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
         q = np.ascontiguousarray(q, dtype=np.float32)
-        rows, sure = np.full(n, -1, np.int64), np.zeros(n, bool)
-        if not n:
-            return rows, np.flatnonzero(~sure)
         with _faiss_settings(self.faiss):
             _, I = self.coarse.search(q, 1)
             d2, w = self._knn_in_lists(q, self.coarse_rows[I[:, 0]], self.step, 1)
