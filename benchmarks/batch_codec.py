@@ -40,16 +40,27 @@ def make_folder(dst: Path, n: int, source: Path | None) -> None:
             Image.fromarray(arr).save(out)
 
 
+# Runs a command, then writes its exit code, wall seconds and peak RSS (KiB) to the file named first. The
+# benchmark starts commands through it: Linux counts into a child's peak RSS the pages of the process it
+# was spawned from (until its exec), and this benchmark's own process holds a model and images.
+LAUNCHER = """import resource, subprocess, sys, time
+t = time.perf_counter()
+code = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL)
+wall = time.perf_counter() - t
+with open(sys.argv[1], "w") as f:
+    f.write(f"{code} {wall} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+"""
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB of that child process alone, from wait4)."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS MiB of that command's process alone), measured by a small launcher process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report"
+        subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(report), *cmd], check=True)
+        code, wall, rss_kib = report.read_text().split()
+    if int(code) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {code}")
+    return float(wall), int(rss_kib) / 1024
 
 
 def flops_per_image(tok) -> tuple[float, float, float]:

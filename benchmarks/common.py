@@ -55,10 +55,6 @@ def matmul_rate(dtype_name: str = "float32", n: int = 1024, repeats: int = 10, w
     return 2 * n ** 3 * repeats / best / 1e9
 
 
-def peak_rss_mb(pid_usage) -> float:
-    return pid_usage.ru_maxrss / 1024
-
-
 def limits() -> dict[str, float]:
     """The hardware's limits measured in this run: the fp32 matmul rate, and the bf16 one where bf16 is native."""
     import torch

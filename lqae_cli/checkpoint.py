@@ -157,7 +157,8 @@ def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel
 
     Raises CheckpointError (one line) for a file that is not a safetensors lqae checkpoint, a config
     out of range, a language model that is missing or differs from the one it was trained with, or
-    tensors whose names, shapes or dtypes do not match the config; nothing large is allocated first."""
+    tensors whose names, shapes or dtypes do not match the config; nothing large is allocated first.
+    On a CPU it also asks malloc to keep freed memory for reuse (runtime.keep_freed_memory)."""
     from .model import state_size
 
     state: dict = {}
@@ -196,4 +197,8 @@ def load_model(path: Path, device: str | torch.device = "cpu", lm: LanguageModel
     # assign: the read tensors become the parameters (no second copy); each in the model's own dtype
     model.load_state_dict({k: v.to(dtypes[k]) for k, v in tensors.items()}, strict=True, assign=True)
     model.card = state["card"]
+    if torch.device(device).type == "cpu":
+        from .runtime import keep_freed_memory
+
+        keep_freed_memory()
     return model.to(device).eval()

@@ -87,7 +87,9 @@ class Encoder(nn.Module):
         self.norm = nn.BatchNorm1d(cfg.match_dim, affine=False, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos      # (B, T, C)
+        # contiguous: the sum would otherwise keep the conv's (B, C, T) layout through every residual add,
+        # and each LayerNorm would copy it first
+        x = self.patch(x).flatten(2).transpose(1, 2).contiguous() + self.pos  # (B, T, C)
         for block in self.blocks:
             x = block(x)
         u = self.head(self.ln(x)).float()                              # (B, T, k)

@@ -18,11 +18,12 @@ bf16 where encode's auto is, else fp32). Its cost in quality and its speed are i
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 
 import torch
+
+from .runtime import SharedSettings
 
 PRECISIONS = ("fp32", "bf16")
 CHOICES = ("auto", *PRECISIONS)
@@ -45,17 +46,25 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-@contextlib.contextmanager
-def strict_fp32():
-    """fp32 products and convolutions computed in full fp32 inside the block: CUDA's TF32 shortcuts
-    (cuDNN convolutions use them by default) are switched off and the previous settings restored after.
-    The reference words are fp32 words; TF32 rounds inputs to 10 mantissa bits and moves some."""
+def _no_tf32():
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+    return restore
+
+
+_STRICT_FP32 = SharedSettings(_no_tf32)
+
+
+def strict_fp32() -> SharedSettings:
+    """fp32 products and convolutions computed in full fp32 inside the block: CUDA's TF32 shortcuts
+    (cuDNN convolutions use them by default) are switched off and the previous settings restored after
+    (after the last of several threads inside it leaves). The reference words are fp32 words; TF32 rounds
+    inputs to 10 mantissa bits and moves some."""
+    return _STRICT_FP32
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -38,6 +38,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .runtime import SharedSettings
+
 KMAX = 512                      # neighbours listed per word
 BUCKETS = (16, 64, 256, 512)    # list prefixes scored per query: the smallest that certifies
 COARSE_STRIDE = 8               # the first pass looks at every 8th code ...
@@ -55,18 +57,32 @@ def available() -> bool:
     return True
 
 
+def _blas_always():
+    import faiss
+
+    old = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 0
+
+    def restore() -> None:
+        faiss.cvar.distance_compute_blas_threshold = old
+
+    return restore
+
+
+_BLAS_ALWAYS = SharedSettings(_blas_always)  # process-wide: the last of several threads puts it back
+
+
 @contextmanager
 def _faiss_settings(faiss):
     """faiss takes its fused BLAS path only above a batch size (small batches go a per-query way that is
-    30x slower here): force it for our calls, with as many threads as torch uses, and put both settings
-    back for anyone else's."""
-    old, threads = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
-    faiss.cvar.distance_compute_blas_threshold = 0
+    30x slower here): force it for our calls, with as many threads as torch uses in this thread (an
+    OpenMP setting of the calling thread's own), and put both settings back for anyone else's."""
+    threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     try:
-        yield
+        with _BLAS_ALWAYS:
+            yield
     finally:
-        faiss.cvar.distance_compute_blas_threshold = old
         faiss.omp_set_num_threads(threads)
 
 

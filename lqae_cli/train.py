@@ -24,6 +24,7 @@ from .errors import ConfigError, LQAEError
 from .lm import LanguageModel
 from .model import LQAE
 from .quantizer import usage_stats
+from .runtime import keep_freed_memory
 from .distributed import Ranks, setup_ranks
 
 
@@ -273,6 +274,8 @@ def train(args: TrainArgs) -> Path:
     """Train (or go on training) a model as `args` says; returns the checkpoint path. Ctrl-C saves a
     resumable checkpoint and re-raises KeyboardInterrupt."""
     ranks = setup_ranks(args.device)
+    if ranks.device.type == "cpu":
+        keep_freed_memory()
     autocast_dtype = resolve_precision(args.precision, ranks.device)
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     files = [f for d in args.data for f in list_images(d)]
