@@ -4,12 +4,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_images
+from conftest import ROOT, write_images
 from lqae_cli.cli import app
 
 
@@ -199,6 +201,135 @@ def test_default_reading_workers_leave_the_model_its_cores(monkeypatch):
     for cores, on_cpu, on_gpu in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (8, 2, 4), (64, 4, 4)):
         monkeypatch.setattr(os, "cpu_count", lambda: cores)
         assert (reading_workers(None, cpu), reading_workers(None, cuda)) == (on_cpu, on_gpu)
+
+
+@pytest.mark.parametrize("fmt", ["text", "jsonl"])
+def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
+    """Batches encoded in lanes (several at once, half the threads each) give the outputs of one batch at a
+    time: the same files, stdout in the inputs' order, the same failures (unreadable, unwritable) counted."""
+    from lqae_cli import convert
+
+    src = tmp_path / "imgs"
+    write_images(src, 11)
+    (src / "img004b.png").write_bytes(b"not a png")
+    results = {}
+    for lanes in (1, 3):
+        monkeypatch.setattr(convert, "encode_lanes", lambda device, threads=None, n=lanes: n)
+        out = tmp_path / f"tokens{lanes}"
+        (out / "img007.txt").mkdir(parents=True)  # cannot be written
+        r = run("encode", src, "-o", out, "--batch-size", "2", "--no-skip-existing")
+        assert r.exit_code == 1 and "converted 10, skipped 0, failed 2" in r.stderr
+        printed = run("encode", src, "-f", fmt, "--batch-size", "2")
+        assert printed.exit_code == 1
+        files = {p.name: p.read_text() for p in out.glob("*.txt") if p.is_file()}
+        results[lanes] = (files, printed.stdout, sorted(r.stderr.replace(str(out), "OUT").splitlines()))
+        assert len(files) == 10 and "img004b.png" in r.stderr and "cannot write" in r.stderr
+    assert results[1] == results[3]
+    if fmt == "jsonl":  # the inputs' order
+        sources = [json.loads(line)["source"] for line in results[3][1].splitlines()]
+        assert sources == sorted(sources) and len(sources) == 11
+
+
+def test_in_lanes_keeps_order_shares_threads_and_restores_them():
+    import threading
+    import time
+
+    import torch
+
+    from lqae_cli.convert import in_lanes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        seen = []
+
+        def fn(i):
+            time.sleep(0.02 * ((7 * i) % 5))  # later items often finish first
+            seen.append((i, threading.current_thread().name, torch.get_num_threads()))
+            return i * i
+
+        assert list(in_lanes(fn, range(9), 2)) == [i * i for i in range(9)]
+        assert torch.get_num_threads() == 4
+        first = [s for s in seen if s[0] == 0][0]
+        assert first[1] == threading.main_thread().name and first[2] == 4  # alone, with every thread
+        assert all(name.startswith("lqae-lane") and n == 2 for i, name, n in seen if i > 0)
+
+        def boom(i):
+            if i == 3:
+                raise ValueError("bad batch")
+            return i
+
+        with pytest.raises(ValueError, match="bad batch"):
+            list(in_lanes(boom, range(9), 2))
+        assert torch.get_num_threads() == 4
+        started = []
+        gen = in_lanes(lambda i: started.append(i) or i, range(1000), 2)
+        assert [next(gen) for _ in range(3)] == [0, 1, 2]
+        gen.close()  # a consumer that stops: nothing runs on, the threads are back
+        assert torch.get_num_threads() == 4 and len(started) <= 3 + 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_shared_settings_are_restored_by_the_last_thread_out():
+    import threading
+
+    import torch
+
+    from lqae_cli.precision import strict_fp32
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        inside = []
+
+        def a():
+            with strict_fp32():
+                a_in.set()
+                b_in.wait()
+                inside.append(torch.backends.cuda.matmul.allow_tf32)
+            a_out.set()
+
+        def b():
+            a_in.wait()
+            with strict_fp32():
+                b_in.set()
+                a_out.wait()  # a has left; b is still inside
+                inside.append(torch.backends.cuda.matmul.allow_tf32)
+
+        ts = [threading.Thread(target=a), threading.Thread(target=b)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert inside == [False, False] and torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_freed_memory_is_reused_without_page_faults():
+    """keep_freed_memory: a freed 64 MiB tensor's pages serve the next one (no fresh, zero-filled mapping
+    per allocation); where the user tunes malloc already (MALLOC_TRIM_THRESHOLD_), it is left alone."""
+    code = """
+import resource, sys, torch
+from lqae_cli.runtime import keep_freed_memory
+tuned = keep_freed_memory()
+for _ in range(10):  # the heap settles: its first rounds still fault
+    torch.empty(16 << 20).fill_(1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(16 << 20).fill_(1)
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    def faults(**env):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    tuned, few = faults()
+    untouched, many = faults(MALLOC_TRIM_THRESHOLD_="131072")
+    assert tuned and not untouched
+    assert few < 1000 < 10 * 16384 // 2 < many  # 64 MiB is 16,384 pages of 4 KiB
 
 
 def test_jsonl_output_and_decode_back(run, images, tmp_path):

@@ -66,7 +66,8 @@ def test_shipped_search_is_exact_on_the_real_vocabulary(method):
 @pytest.mark.slow
 def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
     """Every patch of the 600 held-out photo crops (rebuilt exactly as scripts/build_data.py makes them):
-    faiss with its lists, the k-d tree and the dense pass give the brute-force word, and encode gives those words."""
+    faiss with its lists, the k-d tree and the dense pass give the brute-force word, and encode gives those words
+    (in one call, and through `lqae encode DIR`)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_data
 
@@ -83,6 +84,10 @@ def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
     for method in ("faiss", "kdtree", "dense"):
         assert torch.equal(tok.model.quantizer.nearest_ids(u, method=method).flatten(), ref)
     assert torch.equal(tok.encode_pixels(x).flatten(), ref)
+    # and the command line's batch pipeline (on a CPU of 2+ threads: lanes of batches, half the threads each)
+    lines = sh(f"{LQAE} encode {tmp_path / 'heldout' / 'photos'} -f jsonl --quiet").stdout.decode().splitlines()
+    by_source = {json.loads(line)["source"]: json.loads(line)["ids"] for line in lines}
+    assert torch.equal(torch.tensor([by_source[str(f)] for f in files]).flatten(), ref)
 
 
 @pytest.mark.slow
