@@ -99,15 +99,6 @@ def write_file(path: Path, data: bytes) -> str | None:
     return None
 
 
-def write_output(tally: Tally, name: str, path: Path, data: bytes) -> None:
-    """write_file, counted in the tally."""
-    why = write_file(path, data)
-    if why is None:
-        tally.converted += 1
-    else:
-        tally.fail(name, why)
-
-
 def relative_for_output(path: PurePath, root: Path | None) -> PurePath:
     """The part of an input path to mirror under the output folder ('..' is refused)."""
     if root is not None:
@@ -296,7 +287,7 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
             out.append((i, text, None) if todo[i].out is None else (i, None, write_file(todo[i].out, text.encode("utf-8"))))
         return out, len(batch)
 
-    lanes = encode_lanes(tok.device) if size is None and workers <= 0 else 1
+    lanes = batch_lanes(tok.device) if size is None and workers <= 0 else 1
     if size is not None:
         loads = ((lambda b=b: b) for b in tiled_batches(tok, todo, size, precision, batch_size, tile_progress))
     elif lanes > 1:  # each lane reads its own batches: the reading is what the lanes overlap
@@ -333,11 +324,12 @@ def batch_ranges(n: int, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def encode_lanes(device: torch.device, threads: int | None = None) -> int:
+def batch_lanes(device: torch.device, threads: int | None = None) -> int:
     """How many batches `encode_all` works on at once. On a CPU with two or more torch threads, two: each
-    lane reads, encodes and writes its own batches with half the threads, so one lane's reading and
-    writing (Python, one core) runs while the other's encoder has the cores (on 2 cores, 15% more images
-    per second than one batch at a time with both threads; the words are the same). Elsewhere one."""
+    lane reads, encodes and writes its own batches with half the threads, so one lane's reading and writing
+    (Python, one core) runs while the other's encoder has the cores (the README's speed table has what it
+    gains; the words are the same). Elsewhere one. (Decoding, three times the arithmetic per image, gains
+    nothing from lanes on 2 cores and keeps one batch at a time.)"""
     threads = threads or torch.get_num_threads()
     return 2 if device.type == "cpu" and threads >= 2 else 1
 
@@ -495,15 +487,18 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
         advance(len(jobs) - len(todo))
     if dest.kind == "stdout" and todo and sys.stdout.isatty():
         raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+    for r in batch_ranges(len(todo), batch_size):
+        chunk = todo[r.start:r.stop]
         for job, img in zip(chunk, tok.decode([j.grid for j in chunk], precision=precision, batch_size=batch_size)):
-            if job.out is not None:
-                write_output(tally, job.name, job.out, png_bytes(img))
-                continue
-            sys.stdout.buffer.write(png_bytes(img))
-            sys.stdout.buffer.flush()
-            tally.converted += 1
+            data = png_bytes(img)
+            if job.out is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+                tally.converted += 1
+            elif (why := write_file(job.out, data)) is not None:
+                tally.fail(job.name, why)
+            else:
+                tally.converted += 1
         if advance:
             advance(len(chunk))
     return tally

@@ -206,7 +206,8 @@ def test_default_reading_workers_leave_the_model_its_cores(monkeypatch):
 @pytest.mark.parametrize("fmt", ["text", "jsonl"])
 def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
     """Batches encoded in lanes (several at once, half the threads each) give the outputs of one batch at a
-    time: the same files, stdout in the inputs' order, the same failures (unreadable, unwritable) counted."""
+    time: the same files, stdout in the inputs' order, the same failures (unreadable, unwritable); their token
+    files decode as before."""
     from lqae_cli import convert
 
     src = tmp_path / "imgs"
@@ -214,7 +215,7 @@ def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
     (src / "img004b.png").write_bytes(b"not a png")
     results = {}
     for lanes in (1, 3):
-        monkeypatch.setattr(convert, "encode_lanes", lambda device, threads=None, n=lanes: n)
+        monkeypatch.setattr(convert, "batch_lanes", lambda device, threads=None, n=lanes: n)
         out = tmp_path / f"tokens{lanes}"
         (out / "img007.txt").mkdir(parents=True)  # cannot be written
         r = run("encode", src, "-o", out, "--batch-size", "2", "--no-skip-existing")
@@ -222,8 +223,15 @@ def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
         printed = run("encode", src, "-f", fmt, "--batch-size", "2")
         assert printed.exit_code == 1
         files = {p.name: p.read_text() for p in out.glob("*.txt") if p.is_file()}
-        results[lanes] = (files, printed.stdout, sorted(r.stderr.replace(str(out), "OUT").splitlines()))
         assert len(files) == 10 and "img004b.png" in r.stderr and "cannot write" in r.stderr
+        pngs = tmp_path / f"pngs{lanes}"
+        (pngs / "img001.png").mkdir(parents=True)  # cannot be written
+        d = run("decode", out, "-o", pngs, "--batch-size", "2", "--no-skip-existing")
+        assert d.exit_code == 1 and "converted 9, skipped 0, failed 1" in d.stderr
+        images = {p.name: p.read_bytes() for p in pngs.glob("*.png") if p.is_file()}
+        assert len(images) == 9
+        results[lanes] = (files, printed.stdout, images,
+                          sorted((r.stderr + d.stderr).replace(str(out), "OUT").replace(str(pngs), "PNGS").splitlines()))
     assert results[1] == results[3]
     if fmt == "jsonl":  # the inputs' order
         sources = [json.loads(line)["source"] for line in results[3][1].splitlines()]
