@@ -135,7 +135,8 @@ def beside(fn):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--memory-images", type=int, default=10000, help="also encode this many (peak memory, rate); 0 skips")
+    ap.add_argument("--memory-images", type=int, default=10000,
+                    help="also encode this many, --repeats times (peak memory, rate); 0 skips")
     ap.add_argument("--source", type=Path, default=ROOT / "data" / "heldout")
     ap.add_argument("--workers", type=int, default=None, help="passed to the CLI; default: the CLI's own default")
     ap.add_argument("--device", default="cpu")
@@ -209,12 +210,19 @@ def main() -> None:
         if a.memory_images:
             make_folder(tmp / "big", a.memory_images, a.source)
             small_s, small_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "t2"), "--quiet", *workers])
-            (big_s, big_mb), ceil = beside(lambda: timed(lqae + ["encode", str(tmp / "big"), "-o", str(tmp / "t3"), "--quiet", *workers]))
-            print(f"memory  encode peak RSS {small_mb:.0f} MiB for {a.images} images, {big_mb:.0f} MiB for {a.memory_images} "
-                  f"images (floor 1024 MiB, flat)")
-            print(f"encode  {a.memory_images} images end to end: {big_s:.1f} s = {a.memory_images / big_s:.0f} images/s = "
-                  f"{a.memory_images / big_s / (ceil / enc_f):.0%} of the encoder's FLOP-bound rate at the ceiling beside it "
-                  f"({ceil / 1e9:.0f} GFLOP/s), process start included")
+            big = []  # (wall s, peak RSS MiB, ceiling FLOP/s)
+            for _ in range(a.repeats):
+                shutil.rmtree(tmp / "t3", ignore_errors=True)
+                (big_s, big_mb), ceil = beside(lambda: timed(lqae + ["encode", str(tmp / "big"), "-o", str(tmp / "t3"), "--quiet", *workers]))
+                big.append((big_s, big_mb, ceil))
+            rates_ = [a.memory_images / s_ for s_, _, _ in big]
+            shares = [a.memory_images / s_ / (c / enc_f) for s_, _, c in big]
+            print(f"memory  encode peak RSS {small_mb:.0f} MiB for {a.images} images, {max(m for _, m, _ in big):.0f} MiB for "
+                  f"{a.memory_images} images (floor 1024 MiB, flat)")
+            print(f"encode  {a.memory_images} images end to end, {len(big)} runs: median {statistics.median(rates_):.0f} images/s "
+                  f"({', '.join(f'{r:.0f}' for r in rates_)}) = median {statistics.median(shares):.0%} of the encoder's FLOP-bound "
+                  f"rate ({', '.join(f'{x:.0%}' for x in shares)}, each against the ceiling beside it: "
+                  f"{', '.join(f'{c / 1e9:.0f}' for _, _, c in big)} GFLOP/s), process start included")
     from common import matmul_rate
 
     print(f"matmul  at the end of the run: fp32 {matmul_rate('float32'):.0f} GFLOP/s (at its start {rates['fp32']:.0f}; "
