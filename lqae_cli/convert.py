@@ -84,9 +84,10 @@ class Destination:
             raise LQAEError("under torchrun every rank writes its own outputs: give an output folder or a .jsonl file (-o)")
         return self
 
-    def file_for(self, rel: PurePath, suffix: str, resolve=Path.resolve) -> Path:
-        """The output file for an input at relative path `rel`, in a folder destination."""
-        return safe_output(self.path, rel, suffix, resolve)
+    def file_for(self, rel: PurePath, suffix: str, inside=None) -> Path:
+        """The output file for an input at relative path `rel`, in a folder destination (`inside`: as in
+        safe_output)."""
+        return safe_output(self.path, rel, suffix, inside)
 
 
 def write_file(path: Path, data: bytes) -> str | None:
@@ -112,13 +113,24 @@ def relative_for_output(path: PurePath, root: Path | None) -> PurePath:
     return rel
 
 
-def safe_output(outdir: Path, rel: PurePath, suffix: str, resolve=Path.resolve) -> Path:
+def folder_check(outdir: Path):
+    """A per-run check for safe_output: folder -> whether it lies inside outdir once resolved (symlinks
+    followed), each folder resolved once (a batch has thousands of files in few folders)."""
+    base = Path(outdir).resolve()
+
+    @functools.lru_cache(maxsize=None)
+    def inside(folder: Path) -> bool:
+        resolved = folder.resolve()
+        return resolved == base or base in resolved.parents
+
+    return inside
+
+
+def safe_output(outdir: Path, rel: PurePath, suffix: str, inside=None) -> Path:
     """outdir/rel with a new suffix, refusing anything that resolves outside outdir (symlinks included).
-    `resolve` may be a per-run cache of Path.resolve (a batch has thousands of files in few folders)."""
+    `inside`: this run's folder_check(outdir), if there is one."""
     target = outdir / Path(rel).with_suffix(suffix)
-    base = resolve(outdir)
-    resolved = resolve(target.parent) / target.name
-    if resolved != base and base not in resolved.parents:
+    if not (inside or folder_check(outdir))(target.parent):
         raise LQAEError(f"output {target} would be written outside {outdir}")
     if target.is_symlink():
         raise LQAEError(f"output {target} is a symbolic link; refusing to write through it")
@@ -250,14 +262,14 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
     `size` as in `Tokenizer.encode` (None: one tile per image); `tile_progress` is told of every batch of
     tiles done (an image of many tiles takes a while)."""
     tally = tally if tally is not None else Tally()
-    resolve = functools.lru_cache(maxsize=None)(Path.resolve)  # this run's folders, resolved once each
+    inside = folder_check(dest.path) if dest.kind == "folder" else None
     todo = []
     done_jsonl = finished_jsonl_sources(dest.path) if dest.kind == "jsonl" and skip_existing else set()
     for s in sources:
         if dest.kind == "folder":
             try:
                 rel = PurePath("stdin") if s.path is None else relative_for_output(s.path, s.root)
-                s.out = dest.file_for(rel, TOKEN_SUFFIX[fmt], resolve)
+                s.out = dest.file_for(rel, TOKEN_SUFFIX[fmt], inside)
             except LQAEError as exc:
                 tally.fail(s.name, str(exc))
                 continue
@@ -468,12 +480,12 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
     tally = tally if tally is not None else Tally()
     if dest.kind == "jsonl":
         raise LQAEError("decode writes PNG images: give a PNG file, a folder or '-'")
-    resolve = functools.lru_cache(maxsize=None)(Path.resolve)
+    inside = folder_check(dest.path) if dest.kind == "folder" else None
     todo = []
     for job in jobs:
         if dest.kind == "folder":
             try:
-                job.out = dest.file_for(job.rel, ".png", resolve)
+                job.out = dest.file_for(job.rel, ".png", inside)
             except LQAEError as exc:
                 tally.fail(job.name, str(exc))
                 continue
