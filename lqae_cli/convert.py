@@ -333,6 +333,7 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
 
 
 def batch_ranges(n: int, batch_size: int) -> list[range]:
+    """The index ranges of n items in batches of batch_size (the last one shorter)."""
     return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
