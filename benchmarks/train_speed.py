@@ -31,6 +31,10 @@ def main() -> None:
     a = ap.parse_args()
     header(f"training step, preset {a.preset}, batch {a.batch_size}, device {a.device}")
     device = torch.device(a.device)
+    if device.type == "cpu":  # as `lqae train` does (MALLOC_TRIM_THRESHOLD_ set: malloc's own settings, to compare)
+        from lqae_cli.runtime import keep_freed_memory
+
+        print(f"malloc  keeps freed memory: {keep_freed_memory()}")
     lm = LanguageModel.load()
     model = LQAE(preset(a.preset, lm_fingerprint=lm.fingerprint), lm).to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
