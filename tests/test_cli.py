@@ -337,7 +337,8 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     tuned, few = faults()
     untouched, many = faults(MALLOC_TRIM_THRESHOLD_="131072")
     assert tuned and not untouched
-    assert few < 1000 < 10 * 16384 // 2 < many  # 64 MiB is 16,384 pages of 4 KiB
+    # 64 MiB is 16,384 pages of 4 KiB (32 huge pages where the kernel gives them to every mapping)
+    assert few < 1000 and many > 10 * few + 100
 
 
 def test_jsonl_output_and_decode_back(run, images, tmp_path):
