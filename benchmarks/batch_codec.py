@@ -7,7 +7,6 @@ just before and after that figure, allows; where encode time goes (in-process); 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header  # noqa: E402
+from common import header, matmul_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,8 +124,6 @@ def beside(fn):
     """(fn(), the fp32 matmul ceiling in FLOP/s measured just before and just after it, the higher of the
     two): this machine's speed drifts by a factor of two within a run, so each figure is set against the
     ceiling of its own minutes, not the run's first."""
-    from common import matmul_rate
-
     before = matmul_rate("float32")
     out = fn()
     return out, max(before, matmul_rate("float32")) * 1e9
@@ -223,8 +220,6 @@ def main() -> None:
                   f"({', '.join(f'{r:.0f}' for r in rates_)}) = median {statistics.median(shares):.0%} of the encoder's FLOP-bound "
                   f"rate ({', '.join(f'{x:.0%}' for x in shares)}, each against the ceiling beside it: "
                   f"{', '.join(f'{c / 1e9:.0f}' for _, _, c in big)} GFLOP/s), process start included")
-    from common import matmul_rate
-
     print(f"matmul  at the end of the run: fp32 {matmul_rate('float32'):.0f} GFLOP/s (at its start {rates['fp32']:.0f}; "
           f"the shares above use the ceiling measured beside each figure)")
 
