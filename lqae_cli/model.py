@@ -51,6 +51,18 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str,
     return loss, per_image.detach().mean()
 
 
+def in_place_ok(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether y may be overwritten by an elementwise result of x and y: no autograd to keep it for, and
+    the result would have y's dtype and shape anyway (under autocast a bf16 y and an fp32 x make fp32)."""
+    return not torch.is_grad_enabled() and x.dtype == y.dtype and x.shape == y.shape
+
+
+def residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y, written into y where in_place_ok: the same numbers (IEEE addition commutes) without a
+    new activation-sized buffer and its trip through memory."""
+    return y.add_(x) if in_place_ok(x, y) else x + y
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
@@ -69,8 +81,13 @@ class Block(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)      # (B, H, T, C/H)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp(self.ln2(x))
+        x = residual(x, self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        fc1, gelu, fc2 = self.mlp
+        h = fc1(self.ln2(x))
+        return residual(x, fc2(torch.ops.aten.gelu_(h) if in_place_ok(h, h) else gelu(h)))
+
+
+CPU_PART = 16  # images per pass through the encoder's layers in CPU inference (Encoder.forward)
 
 
 class Encoder(nn.Module):
@@ -87,6 +104,17 @@ class Encoder(nn.Module):
         self.norm = nn.BatchNorm1d(cfg.match_dim, affine=False, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on a CPU runs a large batch as nearly equal parts of at most CPU_PART images, each
+        through every layer before the next: a part's activations stay in the core's cache, where a
+        whole batch's go out to memory and back at every layer. Each image's outputs are the same
+        numbers either way (the products of a row do not depend on the rows beside it from 4 images
+        up, and the parts have at least 8; the tests compare them)."""
+        B = x.shape[0]
+        if x.device.type == "cpu" and B > CPU_PART and not self.training and not torch.is_grad_enabled():
+            return torch.cat([self.layers(part) for part in x.tensor_split(-(-B // CPU_PART))])
+        return self.layers(x)
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
         # contiguous: the sum would otherwise keep the conv's (B, C, T) layout through every residual add,
         # and each LayerNorm would copy it first
         x = self.patch(x).flatten(2).transpose(1, 2).contiguous() + self.pos  # (B, T, C)

@@ -26,6 +26,43 @@ def test_encode_deterministic_across_batch_sizes(tiny_model):
         tiny_model.encode(x, "fp16")
 
 
+def test_cpu_inference_runs_a_large_batch_in_parts_with_the_same_numbers(tiny_lm, monkeypatch):
+    import lqae_cli.model as model_module
+
+    torch.manual_seed(0)
+    enc = LQAE(tiny_config(tiny_lm), tiny_lm).encoder.eval()
+    x = torch.rand(37, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    parts, layers = [], model_module.Encoder.layers
+    monkeypatch.setattr(model_module.Encoder, "layers", lambda self, p: parts.append(len(p)) or layers(self, p))
+    monkeypatch.setattr(model_module, "CPU_PART", 16)
+    with torch.no_grad():
+        out = enc(x)
+        assert parts == [13, 12, 12]                     # nearly equal parts, none small
+        assert torch.equal(out, layers(enc, x))          # the same numbers as the whole batch at once
+        parts.clear()
+        enc(x[:16])
+        assert parts == [16]
+    parts.clear()
+    enc.train()                                          # training: one pass (batch statistics), autograd intact
+    enc(x).sum().backward()
+    assert parts == [37] and enc.patch.weight.grad is not None
+
+
+def test_blocks_compute_in_place_without_autograd_and_give_the_same_numbers(tiny_lm):
+    from lqae_cli.model import Block
+
+    torch.manual_seed(0)
+    block, x = Block(32, 4), torch.randn(5, 9, 32)
+    with torch.no_grad():
+        fast = block(x)
+    plain = block(x)                                     # autograd on: nothing overwritten
+    assert torch.equal(fast, plain.detach())
+    plain.sum().backward()
+    assert block.mlp[0].weight.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block(x).dtype == torch.float32           # an fp32 residual stream stays fp32 under autocast
+
+
 def test_encode_does_not_load_lm_layers(tiny_lm):
     from lqae_cli.lm import LanguageModel
 
