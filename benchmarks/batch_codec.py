@@ -3,6 +3,7 @@
 just before and after that figure, allows; where encode time goes (in-process); peak memory of a larger folder.
 
     python benchmarks/batch_codec.py [--images 2000] [--repeats 3] [--memory-images 10000] [--source data/heldout]
+    python benchmarks/batch_codec.py --large-only --repeats 7    # the 10,000-image encode alone, 7 times
 """
 from __future__ import annotations
 
@@ -140,6 +141,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precisions", default="fp32,auto,bf16",
                     help="comma-separated; leave bf16 out where it is emulated (hundreds of times slower than fp32)")
+    ap.add_argument("--large-only", action="store_true",
+                    help="only the --memory-images encode, --repeats times (its rate and peak memory)")
     a = ap.parse_args()
     precisions = [p for p in a.precisions.split(",") if p]
     if "fp32" not in precisions:
@@ -158,55 +161,57 @@ def main() -> None:
     workers = ["--workers", str(a.workers)] if a.workers is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_folder(tmp / "imgs", a.images, a.source)
-        # steady state and where the time goes, in-process
-        w, ceil = beside(lambda: where_encode_time_goes(tok, tmp / "imgs"))
-        n, lim = w["images"], ceil / enc_f
-        print(f"inside  {n} images in-process, model loaded (ceiling beside it {ceil / 1e9:.0f} GFLOP/s: {lim:.0f} images/s): "
-              f"read {w['read']:.2f} s, encoder {w['encoder']:.2f} s ({n / w['encoder']:.0f} images/s = {n / w['encoder'] / lim:.0%} "
-              f"of its FLOP-bound rate), word search {w['search']:.2f} s ({w['search_method']}, "
-              f"{w['search'] / (w['encoder'] + w['search']):.1%} of encoder + search); steady-state encode (read, encode, "
-              f"write) {n / w['end_to_end']:.0f} images/s = {n / w['end_to_end'] / lim:.0%} of the encoder's FLOP-bound rate")
-        if w["methods"]:
-            per = {k: v / (n * tok.config.num_tokens) * 1e6 for k, v in w["methods"].items()}
-            print("search  the same vectors by each method (median of 3 interleaved passes): " + ", ".join(
-                f"{k} {w['methods'][k]:.2f} s = {per[k]:.1f} us/vector" for k in per))
-        # end to end, as a user runs it: fp32 (the default), auto and bf16 alternate so they see the same machine
-        runs: dict[str, list[tuple[float, float]]] = {p: [] for p in precisions}  # (wall s, ceiling FLOP/s)
-        for _ in range(a.repeats):
-            for prec in runs:
-                out = tmp / f"tokens-{prec}"
-                shutil.rmtree(out, ignore_errors=True)
-                (wall, _), ceil = beside(lambda: timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(out), "--quiet",
-                                                               *workers, "--device", a.device, "--precision", prec]))
-                runs[prec].append((wall, ceil))
-        n_tok = len(list((tmp / "tokens-fp32").rglob("*.txt")))
-        same = total = 0
-        for f in (tmp / "tokens-fp32").rglob("*.txt") if "bf16" in runs else ():
-            ref, fast = f.read_text().split(), (tmp / "tokens-bf16" / f.relative_to(tmp / "tokens-fp32")).read_text().split()
-            same, total = same + sum(x == y for x, y in zip(ref, fast)), total + len(ref)
-        for prec, rs in runs.items():
-            rates_ = [n_tok / wall for wall, _ in rs]
-            shares = [n_tok / wall / (c / enc_f) for wall, c in rs]
-            print(f"encode  --precision {prec}: {n_tok} images, median {statistics.median(rates_):.0f} images/s "
-                  f"({', '.join(f'{r:.0f}' for r in rates_)}) = median {statistics.median(shares):.0%} of the encoder's FLOP-bound "
-                  f"rate ({', '.join(f'{x:.0%}' for x in shares)}, each against the ceiling beside it), process start included")
-        if "bf16" in runs:
-            fp32_med = statistics.median(w_ for w_, _ in runs["fp32"])
-            print(f"encode  bf16 runs at {fp32_med / statistics.median(w_ for w_, _ in runs['bf16']):.2f}x the fp32 speed; "
-                  f"{same / total:.2%} of bf16 words equal the fp32 words")
-        dec = {}
-        for prec in [p for p in ("auto", "fp32", "bf16") if p in runs]:
-            (dec[prec], _), ceil = beside(lambda: timed(lqae + ["decode", str(tmp / "tokens-fp32"), "-o", str(tmp / f"pngs-{prec}"),
-                                                                "--quiet", "--device", a.device, "--precision", prec]))
-            dec[prec] = (dec[prec], ceil)
-        n_png = len(list((tmp / f"pngs-{next(iter(dec))}").rglob("*.png")))
-        for prec, (s, ceil) in dec.items():
-            print(f"decode  --precision {prec}: {n_png} images in {s:.1f} s = {n_png / s:.0f} images/s = "
-                  f"{n_png * dec_f / s / ceil:.0%} of the fp32 matmul rate beside it ({ceil / 1e9:.0f} GFLOP/s), process start included")
+        if not a.large_only:  # the 2,000-image figures (in-process, encode per precision, decode)
+            make_folder(tmp / "imgs", a.images, a.source)
+            # steady state and where the time goes, in-process
+            w, ceil = beside(lambda: where_encode_time_goes(tok, tmp / "imgs"))
+            n, lim = w["images"], ceil / enc_f
+            print(f"inside  {n} images in-process, model loaded (ceiling beside it {ceil / 1e9:.0f} GFLOP/s: {lim:.0f} images/s): "
+                  f"read {w['read']:.2f} s, encoder {w['encoder']:.2f} s ({n / w['encoder']:.0f} images/s = {n / w['encoder'] / lim:.0%} "
+                  f"of its FLOP-bound rate), word search {w['search']:.2f} s ({w['search_method']}, "
+                  f"{w['search'] / (w['encoder'] + w['search']):.1%} of encoder + search); steady-state encode (read, encode, "
+                  f"write) {n / w['end_to_end']:.0f} images/s = {n / w['end_to_end'] / lim:.0%} of the encoder's FLOP-bound rate")
+            if w["methods"]:
+                per = {k: v / (n * tok.config.num_tokens) * 1e6 for k, v in w["methods"].items()}
+                print("search  the same vectors by each method (median of 3 interleaved passes): " + ", ".join(
+                    f"{k} {w['methods'][k]:.2f} s = {per[k]:.1f} us/vector" for k in per))
+            # end to end, as a user runs it: fp32 (the default), auto and bf16 alternate so they see the same machine
+            runs: dict[str, list[tuple[float, float]]] = {p: [] for p in precisions}  # (wall s, ceiling FLOP/s)
+            for _ in range(a.repeats):
+                for prec in runs:
+                    out = tmp / f"tokens-{prec}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    (wall, _), ceil = beside(lambda: timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(out), "--quiet",
+                                                                   *workers, "--device", a.device, "--precision", prec]))
+                    runs[prec].append((wall, ceil))
+            n_tok = len(list((tmp / "tokens-fp32").rglob("*.txt")))
+            same = total = 0
+            for f in (tmp / "tokens-fp32").rglob("*.txt") if "bf16" in runs else ():
+                ref, fast = f.read_text().split(), (tmp / "tokens-bf16" / f.relative_to(tmp / "tokens-fp32")).read_text().split()
+                same, total = same + sum(x == y for x, y in zip(ref, fast)), total + len(ref)
+            for prec, rs in runs.items():
+                rates_ = [n_tok / wall for wall, _ in rs]
+                shares = [n_tok / wall / (c / enc_f) for wall, c in rs]
+                print(f"encode  --precision {prec}: {n_tok} images, median {statistics.median(rates_):.0f} images/s "
+                      f"({', '.join(f'{r:.0f}' for r in rates_)}) = median {statistics.median(shares):.0%} of the encoder's FLOP-bound "
+                      f"rate ({', '.join(f'{x:.0%}' for x in shares)}, each against the ceiling beside it), process start included")
+            if "bf16" in runs:
+                fp32_med = statistics.median(w_ for w_, _ in runs["fp32"])
+                print(f"encode  bf16 runs at {fp32_med / statistics.median(w_ for w_, _ in runs['bf16']):.2f}x the fp32 speed; "
+                      f"{same / total:.2%} of bf16 words equal the fp32 words")
+            dec = {}
+            for prec in [p for p in ("auto", "fp32", "bf16") if p in runs]:
+                (dec[prec], _), ceil = beside(lambda: timed(lqae + ["decode", str(tmp / "tokens-fp32"), "-o", str(tmp / f"pngs-{prec}"),
+                                                                    "--quiet", "--device", a.device, "--precision", prec]))
+                dec[prec] = (dec[prec], ceil)
+            n_png = len(list((tmp / f"pngs-{next(iter(dec))}").rglob("*.png")))
+            for prec, (s, ceil) in dec.items():
+                print(f"decode  --precision {prec}: {n_png} images in {s:.1f} s = {n_png / s:.0f} images/s = "
+                      f"{n_png * dec_f / s / ceil:.0%} of the fp32 matmul rate beside it ({ceil / 1e9:.0f} GFLOP/s), process start included")
         if a.memory_images:
             make_folder(tmp / "big", a.memory_images, a.source)
-            small_s, small_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "t2"), "--quiet", *workers])
+            if not a.large_only:
+                small_s, small_mb = timed(lqae + ["encode", str(tmp / "imgs"), "-o", str(tmp / "t2"), "--quiet", *workers])
             big = []  # (wall s, peak RSS MiB, ceiling FLOP/s)
             for _ in range(a.repeats):
                 shutil.rmtree(tmp / "t3", ignore_errors=True)
@@ -214,7 +219,8 @@ def main() -> None:
                 big.append((big_s, big_mb, ceil))
             rates_ = [a.memory_images / s_ for s_, _, _ in big]
             shares = [a.memory_images / s_ / (c / enc_f) for s_, _, c in big]
-            print(f"memory  encode peak RSS {small_mb:.0f} MiB for {a.images} images, {max(m for _, m, _ in big):.0f} MiB for "
+            small = "" if a.large_only else f"{small_mb:.0f} MiB for {a.images} images, "
+            print(f"memory  encode peak RSS {small}{max(m for _, m, _ in big):.0f} MiB for "
                   f"{a.memory_images} images (floor 1024 MiB, flat)")
             print(f"encode  {a.memory_images} images end to end, {len(big)} runs: median {statistics.median(rates_):.0f} images/s "
                   f"({', '.join(f'{r:.0f}' for r in rates_)}) = median {statistics.median(shares):.0%} of the encoder's FLOP-bound "
