@@ -84,7 +84,7 @@ class Block(nn.Module):
         x = residual(x, self.proj(y.transpose(1, 2).reshape(B, T, C)))
         fc1, gelu, fc2 = self.mlp
         h = fc1(self.ln2(x))
-        return residual(x, fc2(torch.ops.aten.gelu_(h) if in_place_ok(h, h) else gelu(h)))
+        return residual(x, fc2(torch.ops.aten.gelu_(h, approximate=gelu.approximate) if in_place_ok(h, h) else gelu(h)))
 
 
 CPU_PART = 16  # images per pass through the encoder's layers in CPU inference (Encoder.forward)
@@ -110,7 +110,7 @@ class Encoder(nn.Module):
         with AVX-512 kernels each image's outputs are the same numbers either way; with AVX2 kernels the
         matrix products' last bits depend on how many rows they get (they did before parts, between
         batch sizes), which the exact word search absorbs unless a vector lies within that rounding of
-        a border between two words (none of the held-out sets' 700,672 patches does)."""
+        a border between two words (the README gives the held-out check)."""
         B = x.shape[0]
         if x.device.type == "cpu" and B > CPU_PART and not self.training and not torch.is_grad_enabled():
             return torch.cat([self.layers(part) for part in x.tensor_split(-(-B // CPU_PART))])
