@@ -26,7 +26,7 @@ def test_encode_deterministic_across_batch_sizes(tiny_model):
         tiny_model.encode(x, "fp16")
 
 
-def test_cpu_inference_runs_a_large_batch_in_parts_with_the_same_numbers(tiny_lm, monkeypatch):
+def test_cpu_inference_runs_a_large_batch_in_nearly_equal_parts(tiny_lm, monkeypatch):
     import lqae_cli.model as model_module
 
     torch.manual_seed(0)
