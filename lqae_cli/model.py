@@ -84,7 +84,8 @@ class Block(nn.Module):
         x = residual(x, self.proj(y.transpose(1, 2).reshape(B, T, C)))
         fc1, gelu, fc2 = self.mlp
         h = fc1(self.ln2(x))
-        return residual(x, fc2(torch.ops.aten.gelu_(h, approximate=gelu.approximate) if in_place_ok(h, h) else gelu(h)))
+        h = gelu(h) if torch.is_grad_enabled() else torch.ops.aten.gelu_(h, approximate=gelu.approximate)  # h is fresh
+        return residual(x, fc2(h))
 
 
 CPU_PART = 16  # images per pass through the encoder's layers in CPU inference (Encoder.forward)
