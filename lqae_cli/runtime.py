@@ -139,16 +139,21 @@ def read_cache(name: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def write_cache(name: str, data: dict) -> None:
-    """Replace the cached object atomically; a read-only home only means finding it out again next time."""
-    import json
-
+def _write_cache_bytes(name: str, data: bytes) -> None:
+    """Replace the cache file `name` atomically; a read-only home only means finding it out again next time."""
     from .checkpoint import atomic_write_bytes
 
     try:
-        atomic_write_bytes(cache_file(name), json.dumps(data, indent=1).encode())
+        atomic_write_bytes(cache_file(name), data)
     except OSError:
         pass
+
+
+def write_cache(name: str, data: dict) -> None:
+    """Replace the cached object (see _write_cache_bytes)."""
+    import json
+
+    _write_cache_bytes(name, json.dumps(data, indent=1).encode())
 
 
 def read_arrays(name: str) -> dict | None:
@@ -163,12 +168,7 @@ def read_arrays(name: str) -> dict | None:
 
 
 def write_arrays(name: str, arrays: dict) -> None:
-    """Replace the cached arrays atomically; a read-only home only means computing them again next time."""
+    """Replace the cached arrays (see _write_cache_bytes)."""
     from safetensors.numpy import save
 
-    from .checkpoint import atomic_write_bytes
-
-    try:
-        atomic_write_bytes(cache_file(name), save(arrays))
-    except OSError:
-        pass
+    _write_cache_bytes(name, save(arrays))
