@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, matmul_rate  # noqa: E402
+from common import header, matmul_rate, model_flops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,13 +64,11 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def flops_per_image(tok) -> tuple[float, float, float]:
-    """(encoder, word search as dense scoring, decoder + LM) multiply-adds x 2 per image: the linear layers'
-    parameters times the tokens they see (attention's own products are small at 64 tokens)."""
-    model, T = tok.model, tok.config.num_tokens
-    enc = 2 * sum(p.numel() for p in model.encoder.parameters()) * T
-    search = 2 * T * model.quantizer.num_allowed * tok.config.match_dim
-    lm_params = sum(p.numel() for n, p in model.lm.transformer.named_parameters() if "embeddings" not in n)
-    dec = 2 * (sum(p.numel() for p in model.decoder.parameters()) + lm_params) * (T + 2)
+    """(encoder, word search as dense scoring, decode: LM + decoder) FLOPs per image: the encoder and decode
+    as torch counts them (common.model_flops: attention's products and the refine convolutions included;
+    sessions before 2026-11-30 counted linear layers' parameters x tokens only, 413 and 1,930 MFLOP)."""
+    enc, dec = model_flops(tok)
+    search = 2 * tok.config.num_tokens * tok.model.quantizer.num_allowed * tok.config.match_dim
     return enc, search, dec
 
 

@@ -69,3 +69,27 @@ def header(title: str) -> dict[str, float]:
           f"precision auto here: {explain(torch.device('cpu'))}")
     sys.stdout.flush()
     return rates
+
+
+def model_flops(tok) -> tuple[float, float]:
+    """(encoder, decode) FLOPs per image of tokenizer `tok`'s model, counted by torch's own FlopCounterMode
+    on one image: every matrix product, convolution and attention product the model runs (2 per
+    multiply-add; the patch and refine convolutions at every output position, attention's two products
+    per layer). torch's counter does not know the CPU's fused attention op: it is counted here as the
+    CUDA ones are (`sdpa_flop_count`)."""
+    import torch
+    from torch.utils import flop_counter
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+    model = tok.model
+    x = torch.rand(1, 3, tok.image_size, tok.image_size, device=tok.device)
+    with torch.no_grad():
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as enc:
+            model.encoder(x * 2 - 1)
+        words = model.quantizer.codebook[model.encode(x).flatten(1)]
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as dec:
+            model.decoder(model.run_lm(words))
+    return float(enc.get_total_flops()), float(dec.get_total_flops())

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import model_flops  # noqa: E402
 
 SETS = {"emoji": None, "photos": None, "fashion": 1000}   # held-out sets and how many images of each go
-ENCODER_MFLOP, DECODER_MFLOP = 435, 1930                   # per image, counted in benchmarks/batch_codec.py
 
 
 def pack(out: Path, data: Path) -> None:
@@ -120,6 +121,7 @@ def run(pack_dir: Path, out_json: Path | None, images: int, device_name: str) ->
     rates = matmul_rates(device, sync)
     print("matmul (TFLOP/s, measured here): " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
     tok = build(pack_dir, device)
+    enc_flops, dec_flops = model_flops(tok)  # per image (the H200 figures in the README used 435 and 1,930 MFLOP)
     data = np.load(pack_dir / "heldout.npz")
     result = {"device": name, "torch": torch.__version__, "matmul_tflops": rates, "words": {}, "encode": {}, "decode": {}}
     # 1. words: GPU fp32 (and bf16) against the CPU fp32 words
@@ -153,9 +155,9 @@ def run(pack_dir: Path, out_json: Path | None, images: int, device_name: str) ->
             limit = rates["bf16" if prec == "bf16" else "fp32"] * 1e12
             e_rate, d_rate = images / enc, images / dec
             result["encode"][f"{prec}_b{batch}"] = {"images_per_s": round(e_rate), "search_share": round(1 - enc_only / enc, 3),
-                                                    "share_of_matmul_rate": round(e_rate * ENCODER_MFLOP * 1e6 / limit, 4)}
+                                                    "share_of_matmul_rate": round(e_rate * enc_flops / limit, 4)}
             result["decode"][f"{prec}_b{batch}"] = {"images_per_s": round(d_rate),
-                                                    "share_of_matmul_rate": round(d_rate * DECODER_MFLOP * 1e6 / limit, 4)}
+                                                    "share_of_matmul_rate": round(d_rate * dec_flops / limit, 4)}
             print(f"batch {batch:5d} {prec}: encode {e_rate:,.0f} images/s (search {1 - enc_only / enc:.0%} of it; "
                   f"{result['encode'][f'{prec}_b{batch}']['share_of_matmul_rate']:.1%} of the {prec} matmul rate), "
                   f"decode {d_rate:,.0f} images/s ({result['decode'][f'{prec}_b{batch}']['share_of_matmul_rate']:.1%})", flush=True)
