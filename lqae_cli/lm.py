@@ -2,7 +2,8 @@
 
 The codebook and vocabulary are read straight from the model folder (safetensors +
 vocab), so encoding never imports transformers or builds the LM's layers. The
-layers are loaded only when `hidden_states` is first called (decode, training).
+layers are loaded only when `hidden_states` is first called (decode, training): a plain
+BERT (the default MiniLM) by `bert.py`, without transformers; any other model by transformers.
 """
 from __future__ import annotations
 
@@ -196,6 +197,13 @@ class LanguageModel:
     # --- the frozen layers ------------------------------------------------
     @cached_property
     def transformer(self) -> torch.nn.Module:
+        """The frozen layers: a plain BERT computed by `bert.py` (the same numbers as transformers, without
+        importing it), else the model as transformers builds it."""
+        from .bert import load_bert
+
+        native = load_bert(self.lm_dir)
+        if native is not None:
+            return native
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -231,7 +239,11 @@ class LanguageModel:
         """
         if not 1 <= layers <= self.num_layers:
             raise LMError(f"cannot read {layers} layers of '{self.name}', which has {self.num_layers}")
+        from .bert import Bert
+
         model = self.transformer
+        if isinstance(model, Bert):
+            return model.hidden_states(embeds, layers)
         B, T, _ = embeds.shape
         attention_mask = torch.ones(B, T, dtype=torch.long, device=embeds.device)
         out = model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=layers > 1)

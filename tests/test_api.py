@@ -119,10 +119,15 @@ def test_bad_images_are_image_errors(tok, tmp_path):
     assert issubclass(ImageError, LQAEError) and issubclass(TokenError, LQAEError) and issubclass(CheckpointError, LQAEError)
 
 
-def test_import_is_light_and_encoding_never_imports_transformers(tiny_ckpt):
+def test_import_is_light_and_neither_encode_nor_decode_imports_transformers(tiny_ckpt):
+    """Encoding needs no LM layers; decoding runs a BERT through bert.py (importing transformers and, with
+    it, torch's compiler took seconds of a decode's start)."""
     code = ("import sys, lqae_cli; assert 'torch' not in sys.modules, 'import is not light'; "
-            f"t = lqae_cli.load({str(tiny_ckpt)!r}); t.encode({str(ROOT / 'examples' / 'emoji-cat.png')!r}); "
-            "assert 'transformers' not in sys.modules, 'encode imported transformers'; print('ok')")
+            f"t = lqae_cli.load({str(tiny_ckpt)!r}); g = t.encode({str(ROOT / 'examples' / 'emoji-cat.png')!r}); "
+            "assert 'transformers' not in sys.modules, 'encode imported transformers'; "
+            "img = t.decode(g); assert img.size == (t.image_size, t.image_size); "
+            "heavy = [m for m in ('transformers', 'torch._dynamo') if m in sys.modules]; "
+            "assert not heavy, f'decode imported {heavy}'; print('ok')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and p.stdout == "ok\n", p.stderr[-500:]
 

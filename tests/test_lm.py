@@ -127,3 +127,74 @@ def test_whole_words_rule_matches_the_plain_definition(tmp_path):
             seen.add(t)
             want.append(i)
     assert lm.allowed_ids("words").tolist() == want == [2, 3, 9, 12, 15]
+
+
+def _transformers_states(lm_dir, embeds, layers):
+    from transformers import AutoModel
+
+    hf = AutoModel.from_pretrained(str(lm_dir), use_safetensors=True).eval().requires_grad_(False)
+    out = hf(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long), output_hidden_states=True)
+    return out.last_hidden_state if layers == 1 else torch.cat(out.hidden_states[-layers:], dim=-1)
+
+
+@pytest.mark.parametrize("mode", ["inference", "autograd", "bf16"])
+def test_native_bert_gives_the_numbers_of_transformers(tiny_lm_dir, mode):
+    """bert.py computes BERT without importing transformers; its outputs (and the gradients reaching the
+    input embeddings) are the very numbers transformers' BertModel gives."""
+    from lqae_cli.bert import Bert
+
+    lm = LanguageModel.load(str(tiny_lm_dir))
+    assert isinstance(lm.transformer, Bert)
+    g = torch.Generator().manual_seed(0)
+    for batch, layers in ((1, 1), (5, 2)):
+        embeds = lm.word_embeddings[torch.randint(0, len(VOCAB), (batch, 9), generator=g)] * 3
+        if mode == "autograd":
+            mine, theirs = embeds.clone().requires_grad_(True), embeds.clone().requires_grad_(True)
+            a, b = lm.hidden_states(mine, layers), _transformers_states(tiny_lm_dir, theirs, layers)
+            a.square().sum().backward()
+            b.square().sum().backward()
+            assert torch.equal(mine.grad, theirs.grad)
+        else:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                a, b = lm.hidden_states(embeds, layers), _transformers_states(tiny_lm_dir, embeds, layers)
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_packaged_minilm_runs_natively_with_the_numbers_of_transformers():
+    from lqae_cli.bert import Bert
+
+    lm = LanguageModel.load(DEFAULT_LM)
+    embeds = lm.word_embeddings[lm.allowed_ids("words")[:132]].view(2, 66, -1)
+    with torch.inference_mode():
+        ours = lm.hidden_states(embeds, layers=6)
+        assert isinstance(lm.transformer, Bert)
+        assert torch.equal(ours, _transformers_states(lm.lm_dir, embeds, 6))
+
+
+@pytest.mark.parametrize("change", [{"position_embedding_type": "relative_key"}, {"hidden_act": "gelu_new"},
+                                    {"is_decoder": True}, "no weights", "half weights"])
+def test_anything_but_a_plain_bert_goes_to_transformers(tiny_lm_dir, tmp_path, change):
+    """Configurations bert.py does not compute exactly as transformers does, and weights it does not
+    recognise, are left to transformers (which then runs them, or says what is wrong)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lqae_cli.bert import Bert, load_bert
+
+    d = tmp_path / "lm"
+    shutil.copytree(tiny_lm_dir, d)
+    if isinstance(change, dict):
+        (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), **change}))
+    else:
+        tensors = load_file(str(d / "model.safetensors"))
+        if change == "no weights":
+            tensors = {k: v for k, v in tensors.items() if "layer.1.output.dense" not in k}
+        else:
+            tensors = {k: v.half() for k, v in tensors.items()}
+        save_file(tensors, str(d / "model.safetensors"))
+    assert load_bert(d) is None
+    if change == {"position_embedding_type": "relative_key"}:
+        lm = LanguageModel.load(str(d))
+        assert not isinstance(lm.transformer, Bert) and lm.hidden_states(lm.word_embeddings[:3][None]).shape == (1, 3, 32)
