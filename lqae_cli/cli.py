@@ -107,7 +107,7 @@ def encode(
     Under torchrun every rank converts its part of the sorted inputs."""
     from .convert import Destination, Tally, encode_all, gather_sources, progress_for, token_format
     from .distributed import setup_ranks, shard_of
-    from .runtime import reading_workers, stderr_console
+    from .runtime import freeze_gc, reading_workers, stderr_console
     from .shards import convert_shards, shard_paths
     from .tiles import parse_size
     from .tokenizer import load
@@ -126,6 +126,7 @@ def encode(
     for what, why in (errors + shard_errors if ranks.is_main else []):
         tally.fail(what, why)
     tok = load(weights, ranks.device)
+    freeze_gc()
     size = parse_size(size, tok.image_size)
     if shards and size is not None:
         raise LQAEError("--size with tar shards is not supported yet: shards are encoded at the checkpoint's size")
@@ -155,7 +156,7 @@ def decode(
     shards. Under torchrun every rank decodes its part of the sorted inputs."""
     from .convert import Destination, Tally, decode_all, progress_for, read_token_inputs
     from .distributed import setup_ranks, shard_of
-    from .runtime import stderr_console
+    from .runtime import freeze_gc, stderr_console
     from .shards import convert_shards, shard_paths
     from .tokenizer import load
 
@@ -169,6 +170,7 @@ def decode(
     for what, why in (shard_errors if ranks.is_main else []):
         tally.fail(what, why)
     tok = load(weights, ranks.device)
+    freeze_gc()
     jobs = read_token_inputs(tok, others[0], tally, pick=lambda files: shard_of(files, ranks)) if others else []
     many = bool(shards) or (bool(others) and Path(others[0]).is_dir()) or len(jobs) > 1
     dest = Destination.choose(output, many).for_rank(ranks)
