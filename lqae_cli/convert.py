@@ -338,11 +338,12 @@ def batch_ranges(n: int, batch_size: int) -> list[range]:
 
 
 def batch_lanes(device: torch.device, threads: int | None = None) -> int:
-    """How many batches `encode_all` works on at once. On a CPU with two or more torch threads, two: each
-    lane reads, encodes and writes its own batches with half the threads, so one lane's reading and writing
-    (Python, one core) runs while the other's encoder has the cores (the README's speed table has what it
-    gains; the words are the same). Elsewhere one. (Decoding, three times the arithmetic per image, gains
-    nothing from lanes on 2 cores and keeps one batch at a time.)"""
+    """How many batches `encode_all` and `decode_all` work on at once. On a CPU with two or more torch
+    threads, two: each lane reads, converts and writes its own batches with half the threads, so one
+    lane's reading and writing (Python, one core) runs while the other's model has the cores (the
+    README's speed table has what it gains). Elsewhere one. The words are the same either way; a
+    decoded pixel's last bits depend on the thread count, as they do between machines (about 1 in
+    100,000 8-bit values differs by 1 between one thread and two, README)."""
     threads = threads or torch.get_num_threads()
     return 2 if device.type == "cpu" and threads >= 2 else 1
 
@@ -477,7 +478,8 @@ def png_bytes(img) -> bytes:
 
 def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int = 64, skip_existing: bool = True,
                precision: str = "auto", advance: Advance | None = None, tally: Tally | None = None) -> Tally:
-    """Decode token jobs with tokenizer `tok` into `dest` (stdout, one PNG file, or a folder of PNGs)."""
+    """Decode token jobs with tokenizer `tok` into `dest` (stdout, one PNG file, or a folder of PNGs), in
+    `batch_lanes` lanes; outputs and failures come in the jobs' order."""
     tally = tally if tally is not None else Tally()
     if dest.kind == "jsonl":
         raise LQAEError("decode writes PNG images: give a PNG file, a folder or '-'")
@@ -500,18 +502,25 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
         advance(len(jobs) - len(todo))
     if dest.kind == "stdout" and todo and sys.stdout.isatty():
         raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
-    for r in batch_ranges(len(todo), batch_size):
-        chunk = todo[r.start:r.stop]
+
+    def decode_batch(chunk: list[TokenJob]) -> list[tuple[TokenJob, bytes | None, str | None]]:
+        """Decode a batch and write its files: (job, PNG bytes for stdout or None, why writing failed or None)."""
+        out = []
         for job, img in zip(chunk, tok.decode([j.grid for j in chunk], precision=precision, batch_size=batch_size)):
             data = png_bytes(img)
-            if job.out is None:
+            out.append((job, data, None) if job.out is None else (job, None, write_file(job.out, data)))
+        return out
+
+    chunks = [todo[r.start:r.stop] for r in batch_ranges(len(todo), batch_size)]
+    for results in in_lanes(decode_batch, chunks, batch_lanes(tok.device)):
+        for job, data, why in results:
+            if data is not None:
                 sys.stdout.buffer.write(data)
                 sys.stdout.buffer.flush()
-                tally.converted += 1
-            elif (why := write_file(job.out, data)) is not None:
+            if why is not None:
                 tally.fail(job.name, why)
             else:
                 tally.converted += 1
         if advance:
-            advance(len(chunk))
+            advance(len(results))
     return tally

@@ -205,9 +205,9 @@ def test_default_reading_workers_leave_the_model_its_cores(monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["text", "jsonl"])
 def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
-    """Batches encoded in lanes (several at once, half the threads each) give the outputs of one batch at a
-    time: the same files, stdout in the inputs' order, the same failures (unreadable, unwritable); their token
-    files decode as before."""
+    """Batches encoded and decoded in lanes (several at once, a share of the threads each) give the outputs of
+    one batch at a time: the same files, stdout in the inputs' order, the same failures (unreadable,
+    unwritable), the same PNGs (the tiny model's products give the same numbers on one thread or two)."""
     from lqae_cli import convert
 
     src = tmp_path / "imgs"
