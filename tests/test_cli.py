@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -207,13 +208,13 @@ def test_default_reading_workers_leave_the_model_its_cores(monkeypatch):
 def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
     """Batches encoded and decoded in lanes (several at once, a share of the threads each) give the outputs of
     one batch at a time: the same files, stdout in the inputs' order, the same failures (unreadable,
-    unwritable), the same PNGs (the tiny model's products give the same numbers on one thread or two)."""
+    unwritable), the same PNGs up to a pixel's last bit (which may depend on the thread count)."""
     from lqae_cli import convert
 
     src = tmp_path / "imgs"
     write_images(src, 11)
     (src / "img004b.png").write_bytes(b"not a png")
-    results = {}
+    results, decoded = {}, {}
     for lanes in (1, 3):
         monkeypatch.setattr(convert, "batch_lanes", lambda device, threads=None, n=lanes: n)
         out = tmp_path / f"tokens{lanes}"
@@ -228,11 +229,14 @@ def test_lanes_give_the_same_outputs_in_order(run, tmp_path, monkeypatch, fmt):
         (pngs / "img001.png").mkdir(parents=True)  # cannot be written
         d = run("decode", out, "-o", pngs, "--batch-size", "2", "--no-skip-existing")
         assert d.exit_code == 1 and "converted 9, skipped 0, failed 1" in d.stderr
-        images = {p.name: p.read_bytes() for p in pngs.glob("*.png") if p.is_file()}
+        images = {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in pngs.glob("*.png") if p.is_file()}
         assert len(images) == 9
-        results[lanes] = (files, printed.stdout, images,
+        results[lanes] = (files, printed.stdout, sorted(images),
                           sorted((r.stderr + d.stderr).replace(str(out), "OUT").replace(str(pngs), "PNGS").splitlines()))
+        decoded[lanes] = images
     assert results[1] == results[3]
+    # a decoded pixel's last bits may depend on the thread count (one lane has them all): at most 1 of 255 apart
+    assert all(np.abs(decoded[1][n] - decoded[3][n]).max() <= 1 for n in decoded[1])
     if fmt == "jsonl":  # the inputs' order
         sources = [json.loads(line)["source"] for line in results[3][1].splitlines()]
         assert sources == sorted(sources) and len(sources) == 11
