@@ -26,9 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _no_autograd() -> bool:
-    return not torch.is_grad_enabled()
+from .model import gelu, residual
 
 
 class _Attention(nn.Module):
@@ -53,10 +51,8 @@ class _DenseNorm(nn.Module):
         self.dense = nn.Linear(d_in, d_out)
         self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        y = self.dense(h)
-        y = y.add_(residual) if _no_autograd() and y.dtype == residual.dtype else y + residual
-        return self.LayerNorm(y)
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual(x, self.dense(h)))
 
 
 class _Dense(nn.Module):
@@ -76,9 +72,7 @@ class _Layer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attention.output(self.attention.self(x), x)
-        h = self.intermediate.dense(a)
-        h = torch.ops.aten.gelu_(h) if _no_autograd() else F.gelu(h)  # h is fresh
-        return self.output(h, a)
+        return self.output(gelu(self.intermediate.dense(a)), a)
 
 
 class _Table(nn.Module):
@@ -120,7 +114,7 @@ class Bert(nn.Module):
         return outs[-1] if layers == 1 else torch.cat(outs[-layers:], dim=-1)
 
 
-SUPPORTED = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
+SUPPORTED = {"hidden_act": "gelu", "position_embedding_type": "absolute"}  # (transformers' defaults where absent)
 
 
 def load_bert(lm_dir: Path) -> Bert | None:
@@ -133,7 +127,7 @@ def load_bert(lm_dir: Path) -> Bert | None:
         cfg = json.loads((lm_dir / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(cfg, dict) or any(cfg.get(k, v) != v for k, v in SUPPORTED.items()) or cfg.get("model_type") != "bert":
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "bert" or any(cfg.get(k, v) != v for k, v in SUPPORTED.items()):
         return None
     if cfg.get("is_decoder") or cfg.get("add_cross_attention") or cfg.get("chunk_size_feed_forward", 0):
         return None
@@ -150,8 +144,9 @@ def load_bert(lm_dir: Path) -> Bert | None:
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(lm_dir / "model.safetensors"), framework="pt") as f:
-            prefix = "" if all(k in f.keys() for k in wanted) else "bert."
-            if not all(prefix + k in f.keys() for k in wanted):
+            keys = set(f.keys())
+            prefix = "" if keys >= set(wanted) else "bert."
+            if not all(prefix + k in keys for k in wanted):
                 return None
             tensors = {k: f.get_tensor(prefix + k) for k in wanted}
     except Exception:  # noqa: BLE001 - unreadable: let transformers say what is wrong

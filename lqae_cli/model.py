@@ -63,6 +63,12 @@ def residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y.add_(x) if in_place_ok(x, y) else x + y
 
 
+def gelu(h: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU of a fresh activation h (one nobody else holds), computed in place where there is no
+    autograd: the same kernel, so the same numbers, without a new buffer."""
+    return F.gelu(h, approximate=approximate) if torch.is_grad_enabled() else torch.ops.aten.gelu_(h, approximate=approximate)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
@@ -82,10 +88,8 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)      # (B, H, T, C/H)
         x = residual(x, self.proj(y.transpose(1, 2).reshape(B, T, C)))
-        fc1, gelu, fc2 = self.mlp
-        h = fc1(self.ln2(x))
-        h = gelu(h) if torch.is_grad_enabled() else torch.ops.aten.gelu_(h, approximate=gelu.approximate)  # h is fresh
-        return residual(x, fc2(h))
+        fc1, act, fc2 = self.mlp
+        return residual(x, fc2(gelu(fc1(self.ln2(x)), act.approximate)))
 
 
 CPU_PART = 16  # images per pass through the encoder's layers in CPU inference (Encoder.forward)
