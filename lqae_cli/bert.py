@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import gelu, residual
+from .ops import gelu, residual
 
 
 class _Attention(nn.Module):

@@ -1,6 +1,6 @@
 """Checkpoints: one .safetensors file of trained tensors, the config and records as JSON metadata.
 
-No pickle anywhere. Writes are atomic (temporary name in the same folder, then rename).
+No pickle anywhere. Writes are atomic (`fileio.atomic_write`: a temporary name in the same folder, then rename).
 A checkpoint is untrusted input: loading validates its config (types and ranges, `LQAEConfig`),
 checks from the file's header alone that its tensors hold exactly as many numbers as that config's
 model (`model.state_size`), so a model is only built when it is no larger than the file, then checks
@@ -11,53 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import LQAEConfig
 from .errors import CheckpointError, ConfigError, LMError, LQAEError
+from .fileio import atomic_write
 from .lm import LanguageModel
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _replace_atomically(path: Path, fill) -> None:
-    """A temporary file beside path, filled by fill(fd, tmp_path) (which closes fd), given the usual
-    permissions (mkstemp makes 0600), then renamed onto path: path is never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        fill(fd, tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename onto path."""
-    def by_name(fd: int, tmp: str) -> None:
-        os.close(fd)
-        write(tmp)
-
-    _replace_atomically(path, by_name)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """atomic_write for bytes already in memory, written through the temporary file's own descriptor
-    (the batch commands write thousands of small files; no second open)."""
-    def by_fd(fd: int, tmp: str) -> None:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-
-    _replace_atomically(path, by_fd)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

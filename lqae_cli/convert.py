@@ -20,9 +20,9 @@ from pathlib import Path, PurePath
 
 import torch
 
-from .checkpoint import atomic_write_bytes
 from .data import list_images, load_image
 from .errors import ImageError, LQAEError, TokenError
+from .fileio import atomic_write_bytes
 from .tokens import WordGrid, format_grid
 
 TOKEN_SUFFIX = {"text": ".txt", "ids": ".txt", "json": ".json", "jsonl": ".json"}

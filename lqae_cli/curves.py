@@ -62,7 +62,7 @@ def _panel(rows: list[dict], title: str, series, log: bool) -> Image.Image:
 
 
 def plot_curves(metrics_path: Path, out: Path) -> None:
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     rows = read_metrics(metrics_path)
     sheet = Image.new("RGB", (W * len(SERIES), H), "white")

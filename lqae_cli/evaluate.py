@@ -225,7 +225,7 @@ def evaluate(tok, data: Path, train: Path | None = None, test: Path | None = Non
 
 def save_sample_grid(path: Path, samples) -> None:
     """Rows of input | reconstruction | thumbnail codec, enlarged 2x."""
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     rows = [torch.cat([x, r, b], dim=2) for x, r, b in samples]
     img = to_pil(torch.cat(rows, dim=1))

@@ -152,7 +152,7 @@ def read_cache(name: str) -> dict:
 
 def _write_cache_bytes(name: str, data: bytes) -> None:
     """Replace the cache file `name` atomically; a read-only home only means finding it out again next time."""
-    from .checkpoint import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     try:
         atomic_write_bytes(cache_file(name), data)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
 from .data import IMAGE_SUFFIXES, load_image
 from .errors import ImageError, LQAEError, TokenError
+from .fileio import atomic_write
 from .tokens import WordGrid, format_grid, record
 
 SHARD_SUFFIX = ".tar"

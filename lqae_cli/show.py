@@ -132,7 +132,7 @@ def _region_row(tok, name: str, img: Image.Image, region: tuple[int, int] | None
 
 def save_png(path, img: Image.Image) -> None:
     """Write a PNG atomically; a path that cannot be written raises LQAEError."""
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     try:
         atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

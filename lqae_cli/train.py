@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_write, load_model, read_tensors, save_model, save_tensors
+from .checkpoint import load_model, read_tensors, save_model, save_tensors
 from .config import TrainArgs, preset
 from .curves import plot_curves
 from .data import TrainImages, collate_skip_none, list_images, load_image, to_pil
 from .errors import ConfigError, LQAEError
+from .fileio import atomic_write
 from .lm import LanguageModel
 from .model import LQAE
 from .quantizer import usage_stats

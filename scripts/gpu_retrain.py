@@ -379,7 +379,8 @@ def join(prefix: Path, dest: Path) -> None:
     """The parts `prefix`.part0, .part1, ... back into one checkpoint at `dest`; where the run's log
     `prefix`.json lies beside them, the checkpoint's metrics become that run's (its last training window
     and its validation PSNR on the held-out emoji and photo crops) instead of the start weights'."""
-    from lqae_cli.checkpoint import atomic_write_bytes, read_card, save_tensors
+    from lqae_cli.checkpoint import read_card, save_tensors
+    from lqae_cli.fileio import atomic_write_bytes
 
     parts = sorted(prefix.parent.glob(prefix.name + ".part*"), key=lambda p: int(p.suffix[5:]))
     if not parts:
