@@ -30,6 +30,19 @@ ReconLoss = Enum("ReconLoss", {r: r for r in RECON_LOSSES}, type=str)
 TRAIN = TrainArgs(data=[], out=Path())  # the defaults of `lqae train`, written once (config.TrainArgs)
 
 
+def print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"lqae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True, help="print the version and exit")] = False):
+    """The options before a command (the help text is the app's)."""
+
+
 def cli_errors(fn):
     """An LQAEError becomes one line on stderr ('Error: ...') and exit 1; LQAE_DEBUG=1 shows the traceback."""
 
@@ -192,6 +205,7 @@ def info(weights: Weights = None, fmt: Annotated[ReportFormat, typer.Option("--f
     """The checkpoint's card: geometry, language model, vocabulary, training record, metrics."""
     import json
 
+    from .card import metric_lines, training_lines
     from .tokenizer import describe
 
     data = describe(weights)
@@ -211,10 +225,9 @@ def info(weights: Weights = None, fmt: Annotated[ReportFormat, typer.Option("--f
     layers = "the LM's last layer" if n == 1 else f"the LM's last {n} layers"
     print(f"model             encoder {cfg['enc_depth']}x{cfg['enc_width']}, decoder {cfg['dec_depth']}x{cfg['dec_width']} reading {layers}, "
           f"matching space {cfg['match_dim']}-d, mask ratio {cfg['mask_ratio']}")
-    for k, v in data["training"].items():
-        print(f"{'training':<17} {k}: {v}")
-    for k, v in data["metrics"].items():
-        print(f"{'metrics':<17} {k}: {round(v, 4) if isinstance(v, float) else v}")
+    for label, lines in (("training", training_lines(data["training"])), ("metrics", metric_lines(data["metrics"]))):
+        for i, line in enumerate(lines):
+            print(f"{label if i == 0 else '':<17} {line}")
 
 
 @app.command()
@@ -432,6 +445,8 @@ def main() -> None:
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the top of the program
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # a usage error from Typer's parser
+            if not exc.format_message().strip():  # bare `lqae`: the help is already printed, nothing to add
+                sys.exit(exc.exit_code)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None and exc.exit_code == 2 else ""
             print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)

@@ -397,6 +397,44 @@ def test_info_text_and_json(run, tiny_ckpt):
     assert "word search       faiss" in r.stdout  # faiss is a dependency: large CPU batches use it
     data = json.loads(run("info", "-f", "json").stdout)
     assert data["grid"] == [4, 4] and data["training"] == {"steps": 3}
+    assert "training          1 phase\n" in r.stdout
+
+
+def test_info_prints_a_chained_training_record_one_phase_a_line():
+    from lqae_cli.card import training_lines
+
+    first = {"steps": 100, "batch_size": 64, "lr": 0.0004, "mask_ratio": 0.25, "device": "cpu", "precision": "bf16",
+             "wall_time_s": 600.0, "images_seen": 6400, "data": ["data/train"]}
+    second = {"steps": 50, "batch_size": 64, "trained": "decoder only (encoder frozen)", "images_seen": 3200,
+              "wall_time_s": 300.0, "init": first, "new_key": 7,
+              "gpu_retrain": [{"whole_steps": 10, "decoder_steps": 5, "batch_size": 512, "device": "GPU", "images_seen": 7680,
+                               "whole_seconds": 60.0, "decoder_seconds": 30.0, "script": "scripts/gpu_retrain.py"}]}
+    lines = training_lines(second)
+    assert lines[0] == "3 phases, 17,280 images seen, 16.5 min"
+    assert lines[1].startswith("1. whole model, 100 steps, batch 64, lr 0.0004, mask 0.25, cpu bf16, 10.0 min, on data/train")
+    assert lines[2].startswith("2. decoder only (encoder frozen), 50 steps") and lines[2].endswith("new_key 7")
+    assert lines[3].startswith("3. whole model, 10 steps, then decoder only, 5 steps, batch 512") and "GPU, 1.5 min" in lines[3]
+    assert training_lines({}) == ["none recorded"]
+
+
+def test_version_and_bare_command(run, monkeypatch, capsys):
+    from lqae_cli import __version__
+    from lqae_cli.cli import main
+
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout == f"lqae {__version__}\n"
+    monkeypatch.setattr(sys, "argv", ["lqae"])
+    with pytest.raises(SystemExit):
+        main()
+    out, err = capsys.readouterr()
+    assert "Usage" in out and "encode" in out and err == ""  # the help, and no empty "Error:" line
+
+
+def test_show_says_where_it_wrote(run, images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("show", images[0])
+    assert r.exit_code == 0 and r.stdout == ""
+    assert (tmp_path / "card.png").is_file() and r.stderr == "wrote card.png (1 row)\n"
 
 
 def test_usage_error_exit_2(run):
