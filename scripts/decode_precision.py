@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None)
     a = ap.parse_args()
     tok = load(a.weights, "cpu")
-    print(f"auto on this machine (encode and decode): {tok.auto_precision}")
+    print(f"auto here (encode and decode): {tok.auto_precision}")
     for name, (folder, limit) in SETS.items():
         files = list_images(Path(folder), limit)
         x = torch.stack([load_image(f, tok.image_size) for f in files])

@@ -1,9 +1,9 @@
-"""Go on training the shipped checkpoint on a CUDA GPU (the H200 this project is sometimes lent) for a few
-minutes: the whole model with each image's outer patches weighted (`scripts/train_border_emphasis.py`,
-here at GPU scale), then the decoder alone on the words that come out, as phases 8 and 9 of
-`scripts/train_shipped.sh` do. Phases 10 and 11 of the shipped checkpoint were made with it
-(weights/TRAINING.md). Built for the lent machine's limits: 64 MiB of files in (the LM's 91 MB does not
-fit as it is), at most 16 MiB per file back.
+"""Go on training the shipped checkpoint on a CUDA GPU for a few minutes: the whole model with the
+reconstruction error of each image's outer patches weighted (`border_weight`), then the decoder alone on
+the words that come out, as phases 8 and 9 of `scripts/train_shipped.sh` do. Phases 10 and 11 of the
+shipped checkpoint were made with it on an NVIDIA H200 (weights/TRAINING.md). Built for a GPU machine
+reached by copying files to it: at most 64 MiB of files in per call (the LM's 91 MB does not fit as it
+is), at most 16 MiB per file back.
 
     python scripts/gpu_retrain.py pack --out .gpu [--weights START]  # here: LM, start weights, images (58 MiB)
     python scripts/gpu_retrain.py run --pack .gpu --out OUT --tag p10 --border-weight 4 --minutes 7  # there
@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))        # build_data, train_border_emphasis
+sys.path.insert(0, str(Path(__file__).resolve().parent))        # build_data
 from lqae_cli.data import random_resized_crop, smoothed, to_tensor  # noqa: E402
 
 PART_BYTES = 15 * 2**20
@@ -223,10 +223,11 @@ class Batches(torch.utils.data.Sampler):
 
 
 def border_weight(size: int, patch: int, weight: float) -> torch.Tensor:
-    """train_border_emphasis.border_weight scaled to mean 1, so the loss keeps its scale."""
-    from train_border_emphasis import border_weight as unscaled
-
-    w = unscaled(size, patch, weight)
+    """(1, 1, size, size): `weight` within `patch` pixels of the image's edge, 1 inside, scaled to mean 1
+    so that the loss keeps its scale."""
+    u = torch.arange(size)
+    near = (u < patch) | (u >= size - patch)
+    w = (1 + (weight - 1) * (near[:, None] | near[None, :]).float())[None, None]
     return w / w.mean()
 
 
@@ -426,7 +427,7 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=12)
     r.add_argument("--log-every", type=int, default=100)
     r.add_argument("--matmul", action="store_true", help="measure the matmul rates first")
-    m = sub.add_parser("matmul", help="print the matmul rates of this machine's GPU (or CPU)")
+    m = sub.add_parser("matmul", help="print the matmul rates of the GPU here (or the CPU)")
     m.add_argument("--device", default="cuda")
     j = sub.add_parser("join")
     j.add_argument("prefix", type=Path)

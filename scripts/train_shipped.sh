@@ -56,7 +56,7 @@ phase 9 $RUNS/lqae-base.safetensors $PHOTOS2 --init $RUNS/p8.safetensors --freez
 echo "phases 1-9 done: $RUNS/lqae-base.safetensors (evaluate with: python scripts/evaluate_shipped.py --weights $RUNS/lqae-base.safetensors)" >&2
 # 10, 11 need a CUDA GPU (an NVIDIA H200 for the shipped checkpoint, 7 and 3 minutes; weights/TRAINING.md).
 # Each goes on from the previous checkpoint with scripts/gpu_retrain.py, which writes the result in parts
-# (the lent GPU machine returns files of at most 16 MiB) and joins them back; its schedule follows the
+# (a remote GPU machine may return files of at most 16 MiB) and joins them back; its schedule follows the
 # clock, so a rerun lands near, not exactly on, the shipped weights:
 #   python scripts/gpu_retrain.py pack --out .gpu --weights $RUNS/lqae-base.safetensors
 #   python scripts/gpu_retrain.py run --pack .gpu --out $RUNS/gpu --tag p10 --border-weight 4 --minutes 7 --lr 2e-4 --seed 12
