@@ -57,7 +57,9 @@ def cli_errors(fn):
         except LQAEError as exc:
             if os.environ.get("LQAE_DEBUG", "") not in ("", "0"):
                 raise
-            print(f"Error: {exc}", file=sys.stderr)
+            from .convert import shorten
+
+            print(f"Error: {shorten(str(exc), 293)}", file=sys.stderr)  # one line of at most 300 characters
             raise typer.Exit(1)
 
     return wrapper
@@ -93,7 +95,9 @@ def finish(tally, console, dest, ranks) -> None:
 
     total = Tally(*sum_over_ranks([tally.converted, tally.skipped, tally.failed], ranks))
     shutdown(ranks)
-    if ranks.is_main and (total.failed or (total.converted + total.skipped > 1 and dest.kind != "stdout")):
+    for note in tally.notes():  # failures counted but not printed one by one (a full disk)
+        print(f"Error: {note}", file=sys.stderr)
+    if ranks.is_main and (total.failed or total.skipped or (total.converted > 1 and dest.kind != "stdout")):
         if total.failed:
             print(total.summary(), file=sys.stderr)
         else:
@@ -135,6 +139,7 @@ def encode(
     dest = Destination.choose(output, many or bool(shards), jsonl=True).for_rank(ranks)
     if shards and dest.kind != "folder":
         raise LQAEError("tar shards become token shards in a folder: give an output folder (-o DIR)")
+    out_format = token_format(dest, fmt.value if fmt else None)  # a suffix that does not fit is refused now
     console, tally = stderr_console(quiet or not ranks.is_main), Tally()
     for what, why in (errors + shard_errors if ranks.is_main else []):
         tally.fail(what, why)
@@ -149,7 +154,7 @@ def encode(
                                                 "tiles" if tiled else "img") as (_, advance):
         convert_shards(tok, shards, dest.path, tally, batch_size=batch_size, precision=precision.value,
                        skip_existing=skip_existing)
-        encode_all(tok, sources, dest, token_format(dest, fmt.value if fmt else None), batch_size=batch_size,
+        encode_all(tok, sources, dest, out_format, batch_size=batch_size,
                    workers=reading_workers(workers, tok.device), skip_existing=skip_existing, precision=precision.value,
                    size=size, advance=None if tiled else advance, tile_progress=advance if tiled else None, tally=tally)
     finish(tally, console, dest, ranks)
@@ -167,7 +172,7 @@ def decode(
 ):
     """Turn words back into an image (through the language model, as in training); token shards into image
     shards. Under torchrun every rank decodes its part of the sorted inputs."""
-    from .convert import Destination, Tally, decode_all, progress_for, read_token_inputs
+    from .convert import Destination, Tally, decode_all, image_format, progress_for, read_token_inputs, refuse_input_folder
     from .distributed import setup_ranks, shard_of
     from .runtime import freeze_gc, stderr_console
     from .shards import convert_shards, shard_paths
@@ -189,6 +194,8 @@ def decode(
     dest = Destination.choose(output, many).for_rank(ranks)
     if shards and dest.kind != "folder":
         raise LQAEError("token shards become image shards in a folder: give an output folder (-o DIR)")
+    image_format(dest)  # a suffix that names no image format is refused before any decoding
+    refuse_input_folder(dest, [Path(others[0])] if others and Path(others[0]).is_dir() else [])
     if ranks.distributed and not (others and Path(others[0]).is_dir()):
         jobs = shard_of(jobs, ranks)  # a single token stream: every rank parsed it, each decodes its part
     with interrupt_summary(tally), progress_for(console, len(jobs), "decode", not quiet) as (_, advance):

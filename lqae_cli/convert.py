@@ -8,14 +8,16 @@ run; one bad input (or one output that cannot be written) is reported and counte
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import torch
@@ -23,6 +25,7 @@ import torch
 from .data import list_images, load_image
 from .errors import ImageError, LQAEError, TokenError
 from .fileio import atomic_write_bytes
+from .limits import MAX_IMAGE_BYTES, MAX_TOKEN_BYTES, mib
 from .tokens import WordGrid, format_grid
 
 TOKEN_SUFFIX = {"text": ".txt", "ids": ".txt", "json": ".json", "jsonl": ".json"}
@@ -35,14 +38,32 @@ class Tally:
     converted: int = 0
     skipped: int = 0
     failed: int = 0
+    unreported: dict = field(default_factory=dict)  # cause -> failures counted but not printed again (a full disk)
 
-    def fail(self, what: str, why: str) -> None:
-        """Count and report a failure (on stderr, even under --quiet: errors always show)."""
+    def fail(self, what: str, why: str, cause: str | None = None) -> None:
+        """Count and report a failure (on stderr, even under --quiet: errors always show). Failures with the
+        same `cause` (a full disk) are reported once; the rest are counted, and `notes` says how many."""
         self.failed += 1
-        print(f"Error: {what}: {why}", file=sys.stderr, flush=True)
+        if cause is not None:
+            if cause in self.unreported:
+                self.unreported[cause] += 1
+                return
+            self.unreported[cause] = 0
+        what = shorten(what, 150)
+        print(f"Error: {what}: {shorten(why, 291 - len(what))}", file=sys.stderr, flush=True)  # at most 300 characters
+
+    def notes(self) -> list[str]:
+        """One line per cause reported once and counted since (see `fail`)."""
+        return [f"{n} more output{'s' if n != 1 else ''} not written ({cause})" for cause, n in self.unreported.items() if n]
 
     def summary(self) -> str:
         return f"converted {self.converted}, skipped {self.skipped}, failed {self.failed}"
+
+
+def shorten(text: str, n: int) -> str:
+    """At most n characters on one line: a long name or message keeps its start and end."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else f"{text[:n // 2 - 2]}...{text[len(text) - (n - n // 2 - 1):]}"
 
 
 # --- where outputs go -----------------------------------------------------------
@@ -100,6 +121,102 @@ def write_file(path: Path, data: bytes) -> str | None:
     return None
 
 
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def repeated_cause(why: str) -> str | None:
+    """A write failure that will repeat for every later output (a full disk): reported once (Tally.fail)."""
+    return next((cause for cause in _FULL.values() if cause in why.lower()), None)
+
+
+def check_outputs(outputs: list[tuple[str, Path]], inputs: list[Path]) -> None:
+    """Refuse, before any work, a batch where two inputs would write one output (`a.png` and `a.jpg` both to
+    `a.txt`) or an output would replace an input (`decode t.txt -o t.txt`). `outputs`: (input name, path)."""
+    seen: dict[Path, str] = {}
+    for name, out in outputs:
+        other = seen.setdefault(out, name)
+        if other is not name:
+            short = Path(name).name if Path(name).parent == Path(other).parent else name
+            both = f"{other} and {short}" if other != name else f"two images of {name}"
+            raise LQAEError(f"{both} would both be written to {out}: rename one, or convert them separately")
+    ids = set()
+    for p in inputs:
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            ids.add((st.st_dev, st.st_ino))
+    for name, out in outputs:
+        with contextlib.suppress(OSError):
+            st = os.stat(out)
+            if (st.st_dev, st.st_ino) in ids:
+                raise LQAEError(f"the output {out} is an input ({name}); writing it would destroy it: give another output")
+
+
+def refuse_input_folder(dest: "Destination", folders: list[Path]) -> None:
+    """An output folder that is one of the input folders would mix outputs with inputs (and replace files
+    that share an output's name, such as a caption `a.txt` beside `a.png`): refused."""
+    if dest.kind != "folder" or not dest.path.exists():
+        return
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(folder, dest.path):
+                raise LQAEError(f"the output folder {dest.path} is the input folder {folder}: give another (-o DIR)")
+
+
+def remove_stale_temps(outputs: list[Path]) -> int:
+    """Remove the temporary files (`.NAME.XXXXXXXX.tmp`, made by atomic writes) that a killed run left beside
+    these outputs; returns how many. One listing per folder."""
+    names: dict[Path, set[str]] = {}
+    for p in outputs:
+        names.setdefault(p.parent, set()).add(p.name)
+    removed = 0
+    for folder, wanted in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            n = e.name
+            if not (n.startswith(".") and n.endswith(".tmp")):
+                continue
+            name, _, rand = n[1:-4].rpartition(".")
+            if name in wanted and len(rand) == 8 and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
+                    removed += 1
+    return removed
+
+
+def is_finished(path: Path) -> bool:
+    """Whether an existing output is whole, not merely there: a token file that ends its last line and
+    (JSON) parses, a PNG that ends with its IEND chunk, a tar that reads to its end. Anything else is redone."""
+    import tarfile
+
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 12))
+            tail = f.read(12)
+            if path.suffix == ".png":
+                return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+            if path.suffix in (".txt", ".json"):
+                if not 0 < size <= MAX_TOKEN_BYTES:
+                    return False
+                f.seek(0)
+                text = f.read().decode("utf-8")
+                return text.endswith("\n") and (path.suffix != ".json" or isinstance(json.loads(text), dict))
+        if path.suffix == ".tar":
+            with tarfile.open(path, mode="r|") as tar:
+                for _ in tar:  # a stream reads past every member's data: a cut-off tar fails here
+                    pass
+            return True
+    except (OSError, ValueError, EOFError, tarfile.TarError):  # unreadable, not UTF-8, not JSON, a cut-off tar
+        return False
+    return size > 0
+
+
 def relative_for_output(path: PurePath, root: Path | None) -> PurePath:
     """The part of an input path to mirror under the output folder ('..' is refused)."""
     if root is not None:
@@ -137,10 +254,60 @@ def safe_output(outdir: Path, rel: PurePath, suffix: str, inside=None) -> Path:
     return target
 
 
-def read_stdin(what: str, binary: bool):
+def read_stdin(what: str, binary: bool, limit: int = MAX_TOKEN_BYTES):
+    """All of standard input, at most `limit` bytes (more is refused, naming the limit); text is UTF-8."""
     if sys.stdin.isatty():
         raise LQAEError(f"'-' reads {what} from standard input, but standard input is a terminal")
-    return sys.stdin.buffer.read() if binary else sys.stdin.read()
+    data = read_capped(sys.stdin.buffer, limit, f"{what} on standard input")
+    if binary:
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenError(f"standard input is not UTF-8 text (byte {exc.start})") from None
+
+
+def write_stdout(text: str) -> None:
+    """Write (and flush) data on standard output; a failure other than a closed pipe (a full disk) is one line."""
+    try:
+        if text:
+            sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise LQAEError(f"cannot write standard output ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def read_capped(f, limit: int, what: str) -> bytes:
+    """Read a binary file object to its end, refusing (LQAEError) more than `limit` bytes."""
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LQAEError(f"{what} is larger than the limit of {mib(limit)}; split it")
+    return data
+
+
+def read_token_file(path: Path) -> str:
+    """A token file as text, refused beyond MAX_TOKEN_BYTES before reading (TokenError) or when not UTF-8;
+    special files (FIFOs, devices) are never opened."""
+    import stat
+
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise TokenError("not a regular file (a FIFO, device or socket is never opened)")
+        if st.st_size > MAX_TOKEN_BYTES:
+            raise TokenError(f"{st.st_size / (1 << 20):.0f} MiB is larger than the limit of {mib(MAX_TOKEN_BYTES)} for a token file; split it")
+        with open(path, "rb") as f:
+            data = read_capped(f, MAX_TOKEN_BYTES, "the token file")
+    except OSError as exc:
+        raise TokenError(f"cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    except LQAEError as exc:
+        raise TokenError(str(exc)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenError(f"not UTF-8 text (byte {exc.start})") from None
 
 
 # --- encode --------------------------------------------------------------------
@@ -199,7 +366,7 @@ def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[lis
     sources, errors = [], []
     for item in inputs:
         if item == "-":
-            sources.append(Source(name="-", data=read_stdin("an image", binary=True)))
+            sources.append(Source(name="-", data=read_stdin("an image", binary=True, limit=MAX_IMAGE_BYTES)))
             continue
         path = Path(item)
         if path.is_dir():
@@ -227,6 +394,42 @@ def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[lis
     return sources, errors, many
 
 
+def open_jsonl(path: Path):
+    """The JSON Lines output, opened for appending and locked for this process alone (a second writer is
+    refused with one line, never interleaved)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(path, "ab", buffering=0)
+    except OSError as exc:
+        raise LQAEError(f"cannot write {path} ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        import fcntl
+    except ImportError:  # not on Windows: no lock there
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise LQAEError(f"another process is writing {path}: wait for it to finish, or write to another file") from None
+    return f
+
+
+def append_record(f, text: str) -> str | None:
+    """Append one whole line to the JSON Lines output: None, or why not (then the file is cut back to its
+    last whole line, so a full disk leaves no partial record)."""
+    fd = f.fileno()
+    end = os.fstat(fd).st_size  # written unbuffered, record by record: this is the last whole line's end
+    data = memoryview(text.encode("utf-8"))
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        return f"cannot write {f.name} ({exc.strerror or exc.__class__.__name__})"
+    return None
+
+
 def finished_jsonl_sources(path: Path) -> set[str]:
     """Sources already in a JSONL output; a trailing partial line (a hard kill) is cut off."""
     if not path.exists():
@@ -245,13 +448,40 @@ def finished_jsonl_sources(path: Path) -> set[str]:
     return done
 
 
+TOKEN_FILE_FORMATS = {".txt": ("text", "ids"), ".json": ("json", "jsonl"), "": ("text", "ids", "json", "jsonl")}
+
+
 def token_format(dest: Destination, fmt: str | None) -> str:
-    """The format written: jsonl into a .jsonl file; else as asked; else json for a single .json file, else text."""
+    """The format written: jsonl into a .jsonl file; else as asked; else json for a single .json file, else text.
+    A single output file's suffix must fit the format: .txt holds text or ids, .json a JSON record (a name
+    without a suffix takes any); another suffix is refused."""
     if dest.kind == "jsonl":
         return "jsonl"
-    if fmt is not None:
-        return fmt
-    return "json" if dest.kind == "file" and dest.path.suffix == ".json" else "text"
+    if dest.kind == "file":
+        suffix = dest.path.suffix.lower()
+        fits = TOKEN_FILE_FORMATS.get(suffix)
+        if fits is None:
+            raise LQAEError(f"{dest.path}: a token file is .txt (text or ids), .json (a JSON record) or .jsonl (JSON Lines), "
+                            f"not '{suffix}'")
+        if fmt is not None and fmt not in fits:
+            raise LQAEError(f"{dest.path}: --format {fmt} does not fit a '{suffix}' file (it holds {' or '.join(fits)})")
+        return fmt or fits[0]
+    return fmt or "text"
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}
+
+
+def image_format(dest: Destination) -> str:
+    """What decode writes: PNG, except into a single file whose suffix names another format Pillow writes
+    (.jpg, .webp, .bmp, .tif); an unknown suffix is refused (a file named .jpg holds a JPEG)."""
+    if dest.kind != "file" or not dest.path.suffix:
+        return "PNG"
+    suffix = dest.path.suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise LQAEError(f"{dest.path}: decode writes {', '.join(sorted(IMAGE_FORMATS))} images (or a folder), not '{suffix}'")
+    return IMAGE_FORMATS[suffix]
 
 
 def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text", *, batch_size: int = 64,
@@ -264,7 +494,8 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
     tally = tally if tally is not None else Tally()
     inside = folder_check(dest.path) if dest.kind == "folder" else None
     todo = []
-    done_jsonl = finished_jsonl_sources(dest.path) if dest.kind == "jsonl" and skip_existing else set()
+    refuse_input_folder(dest, list({s.root for s in sources if s.root is not None}))
+    planned = []
     for s in sources:
         if dest.kind == "folder":
             try:
@@ -275,14 +506,22 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
                 continue
         elif dest.kind == "file":
             s.out = dest.path
-        if skip_existing and ((s.out is not None and s.out.exists()) or s.name in done_jsonl):
+        planned.append(s)
+    outputs = [(s.name, s.out) for s in planned if s.out is not None]
+    if dest.kind == "jsonl":
+        outputs.append(("the records", dest.path))
+    check_outputs(outputs, [s.path for s in planned if s.path is not None])
+    remove_stale_temps([out for _, out in outputs if dest.kind != "jsonl"])
+    jsonl_file = open_jsonl(dest.path) if dest.kind == "jsonl" else None
+    done_jsonl = finished_jsonl_sources(dest.path) if dest.kind == "jsonl" and skip_existing else set()
+    for s in planned:  # a single output file is always written (replaced); a batch skips what is finished
+        if skip_existing and ((dest.kind == "folder" and s.out.exists() and is_finished(s.out)) or s.name in done_jsonl):
             tally.skipped += 1
         else:
             todo.append(s)
 
     if advance:
         advance(len(sources) - len(todo))  # skipped, or failed before reading
-    jsonl_file = open(dest.path, "a", encoding="utf-8") if dest.kind == "jsonl" else None
     stdout_first = True
 
     def encode_batch(batch) -> tuple[list[tuple[int, str | None, str | None]], int]:
@@ -311,19 +550,16 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
         with contextlib.closing(in_lanes(lambda load: encode_batch(load()), loads, lanes)) as done:
             for results, n in done:
                 for i, text, err in results:
-                    if err is not None:
-                        tally.fail(todo[i].name, err)
-                        continue
                     if text is not None and jsonl_file is not None:
-                        jsonl_file.write(text)
-                        jsonl_file.flush()
+                        err = append_record(jsonl_file, text)
                     elif text is not None:
-                        if not stdout_first and fmt in ("text", "ids"):
-                            sys.stdout.write("\n")
-                        sys.stdout.write(text)
+                        write_stdout(("\n" if not stdout_first and fmt in ("text", "ids") else "") + text)
                         stdout_first = False
+                    if err is not None:
+                        tally.fail(todo[i].name, err, repeated_cause(err))
+                        continue
                     tally.converted += 1
-                sys.stdout.flush()
+                write_stdout("")
                 if advance:
                     advance(n)
     finally:
@@ -423,40 +659,131 @@ class TokenJob:
 
 
 def read_token_inputs(tok, source: str, tally: Tally, pick=None) -> list[TokenJob]:
-    """'-' / a token file / a folder of token files -> jobs; unreadable files in a folder are failures
-    (a single file or stdin that cannot be read raises TokenError naming it). `pick` chooses which of a
-    folder's sorted token files to read (this rank's part, under torchrun)."""
-    def parse(text: str, where: str) -> list[WordGrid]:
-        try:
-            return tok.parse(text)
-        except TokenError as exc:
-            raise TokenError(f"{where}: {exc}") from None
+    """'-' / a token file / a folder of token files -> jobs. Every image (a record, or a block of lines) is
+    parsed on its own: a bad one is a counted failure naming its file and line, and the rest convert; a
+    single input that holds one image and cannot be read raises TokenError naming it. Files larger than
+    MAX_TOKEN_BYTES and special files are failures. `pick` chooses which of a folder's sorted token files
+    to read (this rank's part, under torchrun)."""
+    def parse(text: str, where: str) -> tuple[list[tuple[int, WordGrid]], int]:
+        """((record index, grid) for every image that parses, how many images the text holds); failures are counted."""
+        records = split_token_text(text)
+        parsed = [(n, parse_record(tok, chunk, first, n + 1, len(records))) for n, (first, chunk) in enumerate(records)]
+        if not records:
+            raise TokenError(f"{where}: empty token input")
+        if len(records) == 1 and isinstance(parsed[0][1], str):
+            raise TokenError(f"{where}: {parsed[0][1]}")
+        for _, result in parsed:
+            if isinstance(result, str):
+                tally.fail(where, result)
+        return [(n, g) for n, g in parsed if not isinstance(g, str)], len(records)
 
     if source == "-":
-        grids = parse(read_stdin("tokens", binary=False), "stdin")
-        return [TokenJob("stdin", gr, _mirror(gr, n, "stdin")) for n, gr in enumerate(grids)]
+        grids, count = parse(read_stdin("tokens", binary=False), "stdin")
+        return [TokenJob("stdin", gr, _mirror(gr, n, "stdin")) for n, gr in grids]
     path = Path(source)
     if path.is_dir():
         jobs = []
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TOKEN_FILE_SUFFIXES)
+        files, specials = token_files(path)
+        for s in specials:
+            tally.fail(str(s), "not a regular file (a FIFO, device or socket is never opened)")
         for f in (pick(files) if pick else files):
             try:
-                grids = parse(f.read_text(encoding="utf-8"), str(f))
-            except (TokenError, OSError, UnicodeDecodeError) as exc:
+                grids, count = parse(read_token_file(f), str(f))
+            except TokenError as exc:
                 tally.fail(str(f), str(exc).removeprefix(f"{f}: "))
                 continue
             rel = f.relative_to(path)
-            for n, gr in enumerate(grids):
-                jobs.append(TokenJob(str(f), gr, rel if len(grids) == 1 else rel.with_name(f"{rel.stem}-{n:04d}{rel.suffix}")))
+            for n, gr in grids:
+                jobs.append(TokenJob(str(f), gr, rel if count == 1 else rel.with_name(f"{rel.stem}-{n:04d}{rel.suffix}")))
         return jobs
     if not path.exists():
         raise LQAEError(f"no such token file or folder: {source}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"cannot read {source} as text ({exc.__class__.__name__})") from None
-    grids = parse(text, source)
-    return [TokenJob(source, gr, _mirror(gr, n, path.stem)) for n, gr in enumerate(grids)]
+        text = read_token_file(path)
+    except TokenError as exc:
+        raise TokenError(f"{source}: {exc}") from None
+    grids, count = parse(text, source)
+    return [TokenJob(source, gr, _mirror(gr, n, path.stem)) for n, gr in grids]
+
+
+def token_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The token files under a folder (recursive, sorted; symbolic links to files followed) and the special
+    files (FIFOs, devices, sockets) with a token suffix there, which are never opened."""
+    import stat
+
+    files, specials = [], []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix not in TOKEN_FILE_SUFFIXES:
+            continue
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode):
+            files.append(p)
+        elif not stat.S_ISDIR(mode):
+            specials.append(p)
+    return files, specials
+
+
+_LINES = re.compile(r"^(lines?) (\d+)(?:-(\d+))?")
+
+
+def split_token_text(text: str) -> list[tuple[int, str]]:
+    """Token text -> (first line number, text) of each image in it: JSON records (an object starts at the
+    beginning of a line: JSON Lines and pretty records alike), else blocks of lines between blank lines."""
+    lines = text.splitlines(keepends=True)
+    out: list[tuple[int, list[str]]] = []
+    if text.lstrip().startswith("{"):
+        for n, line in enumerate(lines, 1):
+            if line.startswith("{") or not out:
+                if not line.strip() and not out:
+                    continue
+                out.append((n, []))
+            out[-1][1].append(line)
+    else:
+        fresh = True
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                fresh = True
+                continue
+            if fresh:
+                out.append((n, []))
+                fresh = False
+            out[-1][1].append(line)
+    return [(n, "".join(chunk)) for n, chunk in out if "".join(chunk).strip()]
+
+
+def parse_record(tok, chunk: str, first: int, index: int, count: int) -> WordGrid | str:
+    """One image's token text -> its grid, or why not (one line: its line numbers those of the whole input,
+    a JSON record also named by its number when the input holds several). Sizes are bounded first."""
+    from .tiles import check_grid_size
+
+    try:
+        if not chunk.lstrip().startswith("{"):  # a plain grid: its size from its shape, before any word is looked up
+            rows = chunk.splitlines()
+            check_grid_size(len(rows), max(len(r.split()) for r in rows), tok.grid_size)
+        grids = tok.parse(chunk)
+        if len(grids) != 1:
+            raise TokenError("holds several images; separate them with a blank line")
+        grid = grids[0]
+        check_grid_size(*grid.shape, tok.grid_size, grid.pixel_size, tok.image_size)
+        return grid
+    except TokenError as exc:
+        msg = str(exc)
+    except RecursionError:
+        msg = "not valid token input (JSON nested too deeply)"
+    except (ValueError, OverflowError, MemoryError) as exc:  # a 100,000-digit number, an absurd value
+        msg = f"not valid token input ({exc.__class__.__name__}: {str(exc)[:80]})"
+    m = _LINES.match(msg)
+    if m:
+        shift = lambda v: str(int(v) + first - 1)  # noqa: E731
+        msg = f"{m.group(1)} {shift(m.group(2))}" + (f"-{shift(m.group(3))}" if m.group(3) else "") + msg[m.end():]
+    elif msg.startswith("record 1"):
+        msg = f"line {first}" + (f" (record {index})" if count > 1 else "") + msg[len("record 1"):]
+    elif not msg.startswith("line"):
+        msg = f"line {first}: {msg}"
+    return msg
 
 
 def _mirror(grid: WordGrid, n: int, stem: str) -> PurePath:
@@ -471,8 +798,14 @@ def _mirror(grid: WordGrid, n: int, stem: str) -> PurePath:
 
 def png_bytes(img) -> bytes:
     """A PIL image -> PNG file bytes."""
+    return image_bytes(img, "PNG")
+
+
+def image_bytes(img, fmt: str = "PNG") -> bytes:
+    """A PIL image -> the bytes of an image file in Pillow format `fmt` (JPEG at quality 95, WebP lossless)."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
+    img.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 
@@ -482,9 +815,12 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
     `batch_lanes` lanes; outputs and failures come in the jobs' order."""
     tally = tally if tally is not None else Tally()
     if dest.kind == "jsonl":
-        raise LQAEError("decode writes PNG images: give a PNG file, a folder or '-'")
+        raise LQAEError("decode writes images: give an image file (.png, .jpg, ...), a folder or '-'")
+    if dest.kind == "stdout" and len(jobs) > 1:
+        raise LQAEError(f"{len(jobs)} images cannot go to one standard output: give a folder (-o DIR)")
+    fmt = image_format(dest)
     inside = folder_check(dest.path) if dest.kind == "folder" else None
-    todo = []
+    todo, planned = [], []
     for job in jobs:
         if dest.kind == "folder":
             try:
@@ -494,7 +830,12 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
                 continue
         elif dest.kind == "file":
             job.out = dest.path
-        if skip_existing and dest.kind == "folder" and job.out.exists():
+        planned.append(job)
+    outputs = [(job.name, job.out) for job in planned if job.out is not None]
+    check_outputs(outputs, list({Path(job.name) for job in planned if job.name != "stdin"}))
+    remove_stale_temps([out for _, out in outputs])
+    for job in planned:  # a single output file is always written (replaced); a folder skips what is finished
+        if skip_existing and dest.kind == "folder" and job.out.exists() and is_finished(job.out):
             tally.skipped += 1
         else:
             todo.append(job)
@@ -504,10 +845,10 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
         raise LQAEError("refusing to write PNG bytes to a terminal (redirect stdout or use -o FILE)")
 
     def decode_batch(chunk: list[TokenJob]) -> list[tuple[TokenJob, bytes | None, str | None]]:
-        """Decode a batch and write its files: (job, PNG bytes for stdout or None, why writing failed or None)."""
+        """Decode a batch and write its files: (job, image bytes for stdout or None, why writing failed or None)."""
         out = []
         for job, img in zip(chunk, tok.decode([j.grid for j in chunk], precision=precision, batch_size=batch_size)):
-            data = png_bytes(img)
+            data = image_bytes(img, fmt)
             out.append((job, data, None) if job.out is None else (job, None, write_file(job.out, data)))
         return out
 
@@ -515,10 +856,15 @@ def decode_all(tok, jobs: list[TokenJob], dest: Destination, *, batch_size: int 
     for results in in_lanes(decode_batch, chunks, batch_lanes(tok.device)):
         for job, data, why in results:
             if data is not None:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
+                try:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                except BrokenPipeError:
+                    raise
+                except OSError as exc:
+                    raise LQAEError(f"cannot write standard output ({exc.strerror or exc.__class__.__name__})") from None
             if why is not None:
-                tally.fail(job.name, why)
+                tally.fail(job.name, why, repeated_cause(why))
             else:
                 tally.converted += 1
         if advance:

@@ -266,7 +266,7 @@ def evaluate_at_size(tok, data: Path, size, limit: int | None = None, progress=N
     ours, base, failed, pixels = [], [], [], 0
     for f in files:
         try:
-            img = fit(tok.rgb(f), size)
+            img = fit(tok.rgb(f), size, tok.image_size)
         except ImageError as exc:
             failed.append(f"{f}: {str(exc).removeprefix(f'{f}: ')}")
             continue

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError
+from .errors import ConfigError, ImageError, TokenError
+from .limits import MAX_TILES
 
 FEATHER = 3          # pixels on each side of a tile border that are ramped towards the other side
 FEATHER_SMOOTH = 5   # the step across a border is averaged over this many pixels along it
@@ -39,19 +40,43 @@ def parse_size(value, tile: int) -> int | str | None:
     return None if n == tile else n
 
 
-def fit(img: Image.Image, size: int | str) -> Image.Image:
-    """The image at the size asked for: the longer side scaled to `size` pixels (bicubic), or as it is."""
-    if size == "native":
-        return img
+def tile_count(w: int, h: int, tile: int) -> int:
+    """Tiles that cover w x h pixels once padded to whole tiles."""
+    return -(-w // tile) * -(-h // tile)
+
+
+def fit(img: Image.Image, size: int | str, tile: int | None = None) -> Image.Image:
+    """The image at the size asked for: the longer side scaled to `size` pixels (bicubic), or as it is.
+    With `tile`, a result that needs more than MAX_TILES tiles is refused (ImageError) before resizing."""
     w, h = img.size
-    scale = size / max(w, h)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == "native":
+        new = (w, h)
+    else:
+        scale = size / max(w, h)
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if tile is not None and tile_count(*new, tile) > MAX_TILES:
+        raise ImageError(f"{new[0]}x{new[1]} pixels make {tile_count(*new, tile):,} tiles of {tile}x{tile} once padded; "
+                         f"the limit is {MAX_TILES:,} tiles (MAX_TILES): give a smaller --size")
     return img if new == img.size else img.resize(new, Image.BICUBIC)
+
+
+def check_grid_size(rows: int, cols: int, g: int, pixel_size=None, tile: int | None = None) -> None:
+    """Refuse (TokenError) a word grid of more than MAX_TILES tiles of g x g words, or a recorded image size
+    larger than the grid's pixels (`tile` pixels per tile side), before anything is decoded."""
+    tiles = -(-rows // g) * -(-cols // g)
+    if tiles > MAX_TILES:
+        raise TokenError(f"{rows}x{cols} words make {tiles:,} tiles of {g}x{g} words; the limit is {MAX_TILES:,} tiles (MAX_TILES)")
+    if pixel_size is not None and tile is not None:
+        w, h = pixel_size
+        if w > cols // g * tile or h > rows // g * tile:
+            raise TokenError(f"'size' {w}x{h} is larger than its grid's {cols // g * tile}x{rows // g * tile} pixels")
 
 
 def tile_grid(img: Image.Image, tile: int) -> tuple[torch.Tensor, int, int]:
     """An RGB image -> (tiles (T, 3, tile, tile) in [0, 1], row by row; tile rows; tile columns), the image
     padded by repeating its edge pixels to whole tiles."""
+    if tile_count(*img.size, tile) > MAX_TILES:
+        raise ImageError(f"{img.size[0]}x{img.size[1]} pixels make {tile_count(*img.size, tile):,} tiles; the limit is {MAX_TILES:,} (MAX_TILES)")
     arr = np.asarray(img, dtype=np.uint8)
     h, w = arr.shape[:2]
     rows, cols = -(-h // tile), -(-w // tile)

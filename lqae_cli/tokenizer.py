@@ -294,7 +294,7 @@ class Tokenizer:
                       progress=None) -> WordGrid:
         from .tiles import fit, join_ids, tile_grid
 
-        img = fit(self.rgb(image), size)
+        img = fit(self.rgb(image), size, self.image_size)
         tiles, rows, cols = tile_grid(img, self.image_size)
         ids = []
         for part in tiles.split(batch_size):
@@ -381,8 +381,9 @@ class Tokenizer:
         return images[0] if single else images
 
     def _decode_tiled(self, grid: WordGrid, precision: str, batch_size: int, progress=None) -> Image.Image:
-        from .tiles import feather_seams, split_ids, stitch
+        from .tiles import check_grid_size, feather_seams, split_ids, stitch
 
+        check_grid_size(*grid.shape, self.grid_size, grid.pixel_size, self.image_size)
         tiles, rows, cols = split_ids(grid.ids, self.grid_size)
         out = []
         for part in tiles.split(batch_size):

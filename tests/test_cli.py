@@ -500,16 +500,16 @@ def test_prompt_command_prints_the_documented_format(run, tmp_path):
 
 
 def test_encode_and_decode_choose_outputs_by_the_same_rule(run, images, tmp_path):
-    """One input: the output path is a file, whatever its suffix; a folder or several inputs: a path that
-    does not exist is a folder; an existing file with several inputs is a one-line error."""
+    """One input: the output path is a file (its suffix names its format); a folder or several inputs: a path
+    that does not exist is a folder; an existing file with several inputs is a one-line error."""
     src = images[0].parent
     r = run("encode", src, "-o", tmp_path / "x.tok")
     assert r.exit_code == 0 and (tmp_path / "x.tok").is_dir() and len(list((tmp_path / "x.tok").glob("*.txt"))) == 5
     r = run("decode", tmp_path / "x.tok", "-o", tmp_path / "y.png")
     assert r.exit_code == 0 and (tmp_path / "y.png").is_dir() and len(list((tmp_path / "y.png").glob("*.png"))) == 5
-    assert run("encode", images[0], "-o", tmp_path / "one.rec").exit_code == 0
-    assert len((tmp_path / "one.rec").read_text().split()) == 16
-    r = run("decode", tmp_path / "one.rec", "-o", tmp_path / "one.img")
-    assert r.exit_code == 0 and Image.open(tmp_path / "one.img").size == (16, 16)
-    r = run("encode", *images[:2], "-o", tmp_path / "one.rec")
+    assert run("encode", images[0], "-o", tmp_path / "one.txt").exit_code == 0
+    assert len((tmp_path / "one.txt").read_text().split()) == 16
+    r = run("decode", tmp_path / "one.txt", "-o", tmp_path / "one.png")
+    assert r.exit_code == 0 and Image.open(tmp_path / "one.png").size == (16, 16)
+    r = run("encode", *images[:2], "-o", tmp_path / "one.txt")
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "give a folder" in r.stderr
