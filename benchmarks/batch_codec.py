@@ -1,5 +1,5 @@
 """Batch encode (folder of images -> token files) and batch decode (token files -> PNGs): images/s end to end
-(real CLI subprocesses, process start included), each as a share of what this machine's matmul rate, measured
+(real CLI subprocesses, process start included), each as a share of what the CPU's matmul rate, measured
 just before and after that figure, allows; where encode time goes (in-process); peak memory of a larger folder.
 
     python benchmarks/batch_codec.py [--images 2000] [--repeats 3] [--memory-images 10000] [--source data/heldout]
@@ -66,7 +66,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 def flops_per_image(tok) -> tuple[float, float, float]:
     """(encoder, word search as dense scoring, decode: LM + decoder) FLOPs per image: the encoder and decode
     as torch counts them (common.model_flops: attention's products and the refine convolutions included;
-    sessions before 2026-11-30 counted linear layers' parameters x tokens only, 413 and 1,930 MFLOP)."""
+    counting linear layers' parameters x tokens only gives 413 and 1,930 MFLOP)."""
     enc, dec = model_flops(tok)
     search = 2 * tok.config.num_tokens * tok.model.quantizer.num_allowed * tok.config.match_dim
     return enc, search, dec
@@ -121,7 +121,7 @@ def where_encode_time_goes(tok, folder: Path, batch_size: int = 64) -> dict[str,
 
 def beside(fn):
     """(fn(), the fp32 matmul ceiling in FLOP/s measured just before and just after it, the higher of the
-    two): this machine's speed drifts by a factor of two within a run, so each figure is set against the
+    two): a shared CPU's speed can drift by a factor of two within a run, so each figure is set against the
     ceiling of its own minutes, not the run's first."""
     before = matmul_rate("float32")
     out = fn()

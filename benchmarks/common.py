@@ -27,7 +27,7 @@ def machine() -> str:
 
 
 def matmul_rate(dtype_name: str = "float32", n: int = 1024, repeats: int = 10, windows: int = 7) -> float:
-    """Measured dense matmul rate in GFLOP/s on this machine (the ceiling we compare against): the best of
+    """Measured dense matmul rate in GFLOP/s on the running device (the ceiling we compare against): the best of
     `windows` timings of `repeats` products, so that a moment's slowdown of a shared machine does not lower
     the ceiling (and raise every share computed from it)."""
     import torch

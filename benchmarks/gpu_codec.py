@@ -1,8 +1,8 @@
 """Encode and decode on a CUDA GPU: images/s at batch sizes 256 and 1,024, each as a share of the matrix
 rate measured in the same run, and whether the GPU's fp32 words equal the CPU's on the held-out sets.
 
-Two steps, because the language model's weights (91 MB) cannot travel to the GPU machine this project
-borrows (64 MiB per call, the shipped checkpoint included):
+Two steps, for a GPU machine reached by copying files to it (at most 64 MiB per call, the shipped
+checkpoint included), to which the language model's weights (91 MB) cannot travel:
 
     python benchmarks/gpu_codec.py pack --out runs/gpu      # here, on the CPU: the pack below
     python benchmarks/gpu_codec.py run --pack runs/gpu      # on the GPU machine (writes --json)
