@@ -27,6 +27,7 @@ DecodePrecision = Enum("DecodePrecision", {p: p for p in ("auto", "fp32", "bf16"
 Preset = Enum("Preset", {p: p for p in PRESETS}, type=str)
 VocabRule = Enum("VocabRule", {r: r for r in VOCAB_RULES}, type=str)
 ReconLoss = Enum("ReconLoss", {r: r for r in RECON_LOSSES}, type=str)
+WordPart = Enum("WordPart", {p: p for p in ("all", "semantic", "grid")}, type=str)
 TRAIN = TrainArgs(data=[], out=Path())  # the defaults of `lqae train`, written once (config.TrainArgs)
 
 
@@ -409,6 +410,7 @@ def fewshot(
     per_class: Annotated[Optional[int], typer.Option(min=2, help="encode at most this many images per class")] = 50,
     seed: Annotated[int, typer.Option()] = 0,
     control: Annotated[bool, typer.Option(help="also run the permuted-vocabulary control")] = True,
+    part: Annotated[Optional[WordPart], typer.Option(help="the words a prompt shows of each image: all (the semantic line, then the grid), semantic (the semantic line alone) or grid")] = None,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast for the generator on CPU (faster)")] = False,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f")] = ReportFormat.text,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
@@ -429,13 +431,14 @@ def fewshot(
     tok = load(weights, device)
     with progress_for(console, 0, "encode", not quiet) as (_, advance):
         labelled = encode_labelled(tok, data, per_class, seed, advance)
-    words, labels = labelled.words, labelled.labels
+    part = part or (WordPart.all if tok.semantic_words else WordPart.grid)
+    words, labels = labelled.part(part.value), labelled.labels
     perm_words = permuted_words(tok, words, seed) if control else None
     gen, gen_tok = load_generator(lm_generator)
     total = len(n_ways) * len(k_shots) * 2 * episodes * (2 if control else 1)
     with progress_for(console, total, "episodes", not quiet) as (_, advance):
         results = run_protocol(gen, gen_tok, words, labels, n_ways, k_shots, episodes, seed, perm_words, advance, bf16)
-    report = {"data": str(data), "images": len(words), "classes": len(set(labels)), "generator": lm_generator,
+    report = {"data": str(data), "images": len(words), "classes": len(set(labels)), "generator": lm_generator, "part": part.value,
               "checkpoint": tok.name, "seed": seed, "bf16": bf16, "results": results}
     print(json.dumps(report, indent=1) if fmt is ReportFormat.json else format_results(report, episodes))
 

@@ -24,8 +24,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "refine_channels": (0, 1024), "decoder_lm_layers": (1, 64), "match_dim": (1, 1024),
     "position_dither": (0.0, 100.0), "mask_ratio": (0.0, 0.95), "commit_weight": (0.0, 1e3),
     "decorrelation_weight": (0.0, 1e3), "entropy_weight": (0.0, 1e3), "entropy_temperature": (1e-6, 1e3),
-    "entropy_tokens": (0, 1 << 20),
+    "entropy_tokens": (0, 1 << 20), "semantic_words": (0, 64), "semantic_depth": (1, 16),
 }
+MAX_EXCLUDED_CHARS = 1 << 20  # excluded_words: at most 1 MiB of text
 MAX_TOKENS = 4096  # grid positions per image
 
 
@@ -55,6 +56,10 @@ class LQAEConfig:
     lm_name: str = DEFAULT_LM       # language model: the packaged default, a folder or a hub id
     lm_fingerprint: str = ""        # sha1 of the LM's vocabulary and embedding table
     vocab_rule: str = "words"       # allowed codes: "all" non-special tokens, or whole a-z "words"
+    excluded_words: str = ""        # space-separated vocabulary words no encoding may use (detail or semantic)
+    excluded_source: str = ""       # where that list came from (a package and its version)
+    semantic_words: int = 0         # image-level words before the grid (0 = none); chosen by the semantic head
+    semantic_depth: int = 1         # transformer blocks of the semantic head
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -83,6 +88,8 @@ class LQAEConfig:
             raise ConfigError(f"config field vocab_rule: '{self.vocab_rule}' (choose {' or '.join(VOCAB_RULES)})")
         if not self.lm_name:
             raise ConfigError("config field lm_name: empty")
+        if len(self.excluded_words) > MAX_EXCLUDED_CHARS:
+            raise ConfigError(f"config field excluded_words: {len(self.excluded_words):,} characters (at most {MAX_EXCLUDED_CHARS:,})")
 
     @property
     def grid_size(self) -> int:

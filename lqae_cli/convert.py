@@ -258,7 +258,8 @@ def read_stdin(what: str, binary: bool, limit: int = MAX_TOKEN_BYTES):
     """All of standard input, at most `limit` bytes (more is refused, naming the limit); text is UTF-8."""
     if sys.stdin.isatty():
         raise LQAEError(f"'-' reads {what} from standard input, but standard input is a terminal")
-    data = read_capped(sys.stdin.buffer, limit, f"{what} on standard input")
+    data = read_capped(sys.stdin.buffer, limit, f"{what} on standard input",
+                       "MAX_IMAGE_BYTES" if limit == MAX_IMAGE_BYTES else "MAX_TOKEN_BYTES")
     if binary:
         return data
     try:
@@ -279,11 +280,11 @@ def write_stdout(text: str) -> None:
         raise LQAEError(f"cannot write standard output ({exc.strerror or exc.__class__.__name__})") from None
 
 
-def read_capped(f, limit: int, what: str) -> bytes:
-    """Read a binary file object to its end, refusing (LQAEError) more than `limit` bytes."""
+def read_capped(f, limit: int, what: str, name: str) -> bytes:
+    """Read a binary file object to its end, refusing (LQAEError) more than `limit` bytes (the limit `name`)."""
     data = f.read(limit + 1)
     if len(data) > limit:
-        raise LQAEError(f"{what} is larger than the limit of {mib(limit)}; split it")
+        raise LQAEError(f"{what}: more than {mib(limit)}, the limit ({name}); split it")
     return data
 
 
@@ -297,9 +298,10 @@ def read_token_file(path: Path) -> str:
         if not stat.S_ISREG(st.st_mode):
             raise TokenError("not a regular file (a FIFO, device or socket is never opened)")
         if st.st_size > MAX_TOKEN_BYTES:
-            raise TokenError(f"{st.st_size / (1 << 20):.0f} MiB is larger than the limit of {mib(MAX_TOKEN_BYTES)} for a token file; split it")
+            raise TokenError(f"{st.st_size / (1 << 20):.0f} MiB, more than {mib(MAX_TOKEN_BYTES)} for a token file, "
+                             "the limit (MAX_TOKEN_BYTES); split it")
         with open(path, "rb") as f:
-            data = read_capped(f, MAX_TOKEN_BYTES, "the token file")
+            data = read_capped(f, MAX_TOKEN_BYTES, "the token file", "MAX_TOKEN_BYTES")
     except OSError as exc:
         raise TokenError(f"cannot read ({exc.strerror or exc.__class__.__name__})") from None
     except LQAEError as exc:
@@ -380,7 +382,9 @@ def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[lis
             lines = read_stdin("paths", binary=False).splitlines()
         else:
             try:
-                lines = Path(from_list).read_text().splitlines()
+                with open(from_list, "rb") as f:  # (a pipe such as <(find ...) is fine here: it is the list asked for)
+                    lines = read_capped(f, MAX_TOKEN_BYTES, f"the list {from_list}", "MAX_TOKEN_BYTES").decode(
+                        "utf-8", errors="surrogateescape").splitlines()
             except OSError as exc:
                 raise LQAEError(f"cannot read the list {from_list}: {exc.strerror}") from None
         for line in (l.strip() for l in lines):
@@ -531,8 +535,8 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
         good, failed = split_loaded(batch)
         out: list[tuple[int, str | None, str | None]] = [(i, None, err) for i, err in failed]
         if size is None and good:
-            ids = tok.encode_pixels(torch.stack([t for _, t in good]), precision).cpu().tolist()
-            good = [(i, WordGrid.from_ids(g, tok.vocab, todo[i].name)) for (i, _), g in zip(good, ids)]
+            grids = tok.encode_grids(torch.stack([t for _, t in good]), [todo[i].name for i, _ in good], precision)
+            good = [(i, grid) for (i, _), grid in zip(good, grids)]
         for i, grid in good:
             text = format_grid(grid, fmt, tok.name, tok.lm_fingerprint, tok.image_size)
             out.append((i, text, None) if todo[i].out is None else (i, None, write_file(todo[i].out, text.encode("utf-8"))))

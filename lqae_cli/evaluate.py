@@ -108,7 +108,8 @@ class FolderResult:
     files: list[Path]
     labels: list[str]
     ids: torch.Tensor           # (N, g, g)
-    features: torch.Tensor      # (N, n * D) mean-pooled LM hidden states: the n layers the decoder reads
+    features: torch.Tensor      # (N, n * D) mean-pooled LM hidden states (the n layers the decoder reads) over
+                                # the semantic words and the grid
     pixels: torch.Tensor        # (N, 3*H*W) raw pixels, for the control probe
     psnr: torch.Tensor
     ssim: torch.Tensor
@@ -116,6 +117,7 @@ class FolderResult:
     base_ssim: torch.Tensor
     failed: list[str] = field(default_factory=list)
     samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    semantic: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.long))  # (N, K) semantic ids
 
 
 def class_of(path: Path, root: Path) -> str:
@@ -138,7 +140,7 @@ def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: i
     sources = [Source(name=str(f), path=f) for f in files]
     size, thumb = model.cfg.image_size, model.cfg.grid_size
     device = next(model.parameters()).device
-    keep, ids, feats, pix, ps, ss, bps, bss, failed, samples = [], [], [], [], [], [], [], [], [], []
+    keep, ids, sems, feats, pix, ps, ss, bps, bss, failed, samples = [], [], [], [], [], [], [], [], [], [], []
     for batch in image_batches(sources, size, batch_size, workers):
         good, bad = split_loaded(batch)
         failed += [f"{sources[i].name}: {err}" for i, err in bad]
@@ -147,11 +149,14 @@ def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: i
         if not good:
             continue
         x = torch.stack([t for _, t in good]).to(device)
-        i = model.encode(x)
+        i, sem = model.encode(x, semantic=True)
         h = model.run_lm(model.quantizer.codebook[i.flatten(1)])
         keep += [files[j] for j, _ in good]
         ids.append(i.cpu())
-        feats.append(h.float().mean(1).cpu())
+        sems.append(sem.cpu())
+        # the probe's features: the LM over all the words a reader gets, the semantic ones first
+        read = h if sem.shape[1] == 0 else model.run_lm(model.quantizer.codebook[torch.cat([sem, i.flatten(1)], 1)])
+        feats.append(read.float().mean(1).cpu())
         pix.append(x.flatten(1).cpu())
         if reconstruct:
             rec = ((model.decoder(h).float() + 1) / 2).clamp(0, 1)
@@ -164,7 +169,7 @@ def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: i
                 samples += [(x[k].cpu(), rec[k].cpu(), base[k]) for k in range(min(8 - len(samples), len(x)))]
     cat = lambda xs: torch.cat(xs) if xs else torch.empty(0)
     return FolderResult(keep, [class_of(f, Path(root)) for f in keep], cat(ids), cat(feats), cat(pix),
-                        cat(ps), cat(ss), cat(bps), cat(bss), failed, samples)
+                        cat(ps), cat(ss), cat(bps), cat(bss), failed, samples, cat(sems))
 
 
 def split_by_class(labels: list[str], test_share: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -220,7 +225,19 @@ def evaluate(tok, data: Path, train: Path | None = None, test: Path | None = Non
     elif len(set(res.labels)) > 1:
         tr_idx, te_idx = split_by_class(res.labels)
         report["probe"] = probe_report(res, res, tr_idx, te_idx)
+    if tok.semantic_words and len(set(res.labels)) > 1:
+        report["meaning"] = meaning_of(tok, data, res)
     return report, res
+
+
+def meaning_of(tok, root: Path, res: FolderResult) -> dict:
+    """`lqae_cli.meaning`'s figures for a folder's results (its sub-folders are the categories)."""
+    from .meaning import SentenceEncoder, meaning_report, read_names
+
+    vocab = tok.vocab
+    semantic = [[vocab[i] for i in row] for row in res.semantic.tolist()]
+    grid = [[vocab[i] for i in row] for row in res.ids.flatten(1).tolist()]
+    return meaning_report(SentenceEncoder(tok.model.lm), semantic, grid, res.labels, read_names(Path(root), res.files))
 
 
 def save_sample_grid(path: Path, samples) -> None:
@@ -243,6 +260,10 @@ def format_report(r: dict) -> str:
              f"codebook          {cb['distinct']} distinct words over {cb['positions']} positions, perplexity {cb['perplexity']:.0f}, "
              f"top word {cb['top_share']:.1%}, whole English words {cb['english_share']:.1%}",
              "top words         " + ", ".join(f"{w} {s:.1%}" for w, s in cb["top_words"])]
+    if "meaning" in r:
+        from .meaning import format_meaning
+
+        lines.append(format_meaning(r["meaning"]))
     if "probe" in r:
         p = r["probe"]
         lines.append(f"linear probe      LM features {p['lm_features_accuracy']:.1%}  raw pixels {p['raw_pixels_accuracy']:.1%}  "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -179,9 +179,21 @@ def run_protocol(model, tokenizer, words: list[str], labels: list[str], n_ways=(
 # --- labelled folders of images as words ------------------------------------------
 @dataclass
 class Labelled:
-    words: list[str]     # each image's words, space-separated, row by row
+    words: list[str]     # each image's words, space-separated: its semantic words, then the grid row by row
     labels: list[str]    # its class, as the language model reads it (label_text)
     files: list[Path]
+    semantic: list[str] = field(default_factory=list)  # each image's semantic words alone ('' without a head)
+
+    def part(self, which: str) -> list[str]:
+        """The words of each image that a prompt shows: "all", "semantic" (the semantic line alone) or
+        "grid" (the detail words alone)."""
+        if which == "all":
+            return self.words
+        if which == "semantic":
+            return self.semantic
+        if which == "grid":
+            return [w[len(s):].lstrip() if s else w for w, s in zip(self.words, self.semantic)]
+        raise LQAEError(f"unknown word part '{which}' (all, semantic or grid)")
 
 
 def label_text(folder_name: str) -> str:
@@ -219,9 +231,10 @@ def encode_labelled(tok, root: Path, per_class: int | None = None, seed: int = 0
         for i, err in failed:
             print(f"Error: {sources[i].name}: {err}", file=sys.stderr)
         if good:
-            ids = tok.encode_pixels(torch.stack([t for _, t in good])).flatten(1).tolist()
-            for (i, _), row in zip(good, ids):
-                out.words.append(" ".join(tok.vocab[j] for j in row))
+            for (i, _), grid in zip(good, tok.encode_grids(torch.stack([t for _, t in good]), [None] * len(good))):
+                semantic = " ".join(grid.semantic or [])
+                out.words.append(" ".join([semantic] * bool(semantic) + [w for row in grid.words for w in row]))
+                out.semantic.append(semantic)
                 out.labels.append(label_text(class_of(files[i], root)))
                 out.files.append(files[i])
         if progress:
@@ -239,7 +252,8 @@ def few_shot_prompt(tok, labelled: Labelled, query, shots: int = 1, induction: b
         idx = [i for i, l in enumerate(labelled.labels) if l == c]
         support += [(labelled.words[i], c) for i in rng.sample(idx, min(shots, len(idx)))]
     rng.shuffle(support)
-    q = " ".join(w for row in tok.encode(query).words for w in row)
+    grid = tok.encode(query)
+    q = " ".join((grid.semantic or []) + [w for row in grid.words for w in row])
     return build_prompt(support, q, classes if induction else None)
 
 

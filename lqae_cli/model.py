@@ -91,8 +91,11 @@ class Encoder(nn.Module):
         # Batch statistics keep the outputs spread like the whitened codebook (zero mean, unit variance).
         self.norm = nn.BatchNorm1d(cfg.match_dim, affine=False, momentum=0.01)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference on a CPU runs a large batch as nearly equal parts of at most CPU_PART images (at least
+    def forward(self, x: torch.Tensor, hidden: bool = False):
+        """-> the matching-space vectors (B, T, k), or with hidden=True the pair (those, the final
+        normalised hidden states (B, T, C) that the semantic head reads).
+
+        Inference on a CPU runs a large batch as nearly equal parts of at most CPU_PART images (at least
         8 each), each through every layer before the next: a part's activations stay in the core's
         cache, where a whole batch's go out to memory and back at every layer. The words do not change:
         with AVX-512 kernels each image's outputs are the same numbers either way; with AVX2 kernels the
@@ -101,17 +104,52 @@ class Encoder(nn.Module):
         a border between two words (the README gives the held-out check)."""
         B = x.shape[0]
         if x.device.type == "cpu" and B > CPU_PART and not self.training and not torch.is_grad_enabled():
-            return torch.cat([self.layers(part) for part in x.tensor_split(-(-B // CPU_PART))])
-        return self.layers(x)
+            parts = [self.layers(part, hidden) for part in x.tensor_split(-(-B // CPU_PART))]
+            if hidden:
+                return torch.cat([u for u, _ in parts]), torch.cat([h for _, h in parts])
+            return torch.cat(parts)
+        return self.layers(x, hidden)
 
-    def layers(self, x: torch.Tensor) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, hidden: bool = False):
         # contiguous: the sum would otherwise keep the conv's (B, C, T) layout through every residual add,
         # and each LayerNorm would copy it first
         x = self.patch(x).flatten(2).transpose(1, 2).contiguous() + self.pos  # (B, T, C)
         for block in self.blocks:
             x = block(x)
-        u = self.head(self.ln(x)).float()                              # (B, T, k)
-        return self.norm(u.transpose(1, 2)).transpose(1, 2)
+        h = self.ln(x)                                                 # (B, T, C)
+        u = self.norm(self.head(h).float().transpose(1, 2)).transpose(1, 2)  # (B, T, k)
+        return (u, h) if hidden else u
+
+
+class SemanticHead(nn.Module):
+    """The encoder's hidden states (B, T, C) -> one unit direction per image in the LM's word-embedding
+    space (B, D). The image's semantic words are the allowed words whose embeddings lie nearest to it
+    (LQAE.semantic_ids). A learned query pools the patches by attention (CLIP's attention pooling);
+    `depth` residual MLPs and a linear map take the pooled vector into the word space."""
+
+    def __init__(self, cfg: LQAEConfig, lm_hidden: int):
+        super().__init__()
+        C = cfg.enc_width
+        self.heads = cfg.heads
+        self.query = nn.Parameter(torch.randn(1, 1, C) * 0.02)
+        self.ln_kv = nn.LayerNorm(C)
+        self.kv = nn.Linear(C, 2 * C)
+        self.proj = nn.Linear(C, C)
+        self.mlps = nn.ModuleList(nn.Sequential(nn.LayerNorm(C), nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C))
+                                  for _ in range(cfg.semantic_depth))
+        self.ln = nn.LayerNorm(C)
+        self.out = nn.Linear(C, lm_hidden)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # training's softmax temperature (log)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, T, C = h.shape
+        H = self.heads
+        k, v = self.kv(self.ln_kv(h)).view(B, T, 2, H, C // H).permute(2, 0, 3, 1, 4)   # (B, H, T, C/H) each
+        q = self.query.to(k.dtype).expand(B, 1, C).view(B, 1, H, C // H).transpose(1, 2)  # (B, H, 1, C/H)
+        x = self.query + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C))
+        for mlp in self.mlps:
+            x = x + mlp(x)
+        return F.normalize(self.out(self.ln(x[:, 0])).float(), dim=-1)  # (B, D)
 
 
 class Decoder(nn.Module):
@@ -157,7 +195,25 @@ def state_size(cfg: LQAEConfig, lm_hidden: int) -> int:
     decoder = ((lm_hidden * cfg.decoder_lm_layers + 1) * dw + T * dw + cfg.dec_depth * block(dw) + 2 * dw
                + (dw + 1) * 3 * p * p + refine)
     quantizer = lm_hidden + 2 * lm_hidden * k + T * k
-    return encoder + decoder + quantizer
+    mlp = lambda w: 2 * w + (w + 1) * 4 * w + (4 * w + 1) * w
+    semantic = (ew + 2 * ew + (ew + 1) * 2 * ew + (ew + 1) * ew + cfg.semantic_depth * mlp(ew) + 2 * ew
+                + (ew + 1) * lm_hidden + 1) if cfg.semantic_words else 0
+    return encoder + decoder + quantizer + semantic
+
+
+def allowed_vocabulary(lm: LanguageModel, cfg: LQAEConfig) -> torch.Tensor:
+    """The ids an encoding may use: the vocabulary rule's words without the config's excluded words.
+    An excluded word that is not in the LM's vocabulary raises ConfigError."""
+    allowed = lm.allowed_ids(cfg.vocab_rule)
+    if not cfg.excluded_words:
+        return allowed
+    excluded = []
+    for w in cfg.excluded_words.split():
+        i = lm.token_id(w)
+        if i is None:
+            raise ConfigError(f"config field excluded_words: '{w[:40]}' is not in the language model's vocabulary")
+        excluded.append(i)
+    return allowed[~torch.isin(allowed, torch.tensor(excluded, dtype=allowed.dtype))]
 
 
 class LQAE(nn.Module):
@@ -168,18 +224,21 @@ class LQAE(nn.Module):
         self.cfg = cfg
         self.lm = lm  # frozen and not registered: its weights stay in their own package
         self.encoder = Encoder(cfg)
-        self.quantizer = WordQuantizer(lm.word_embeddings, lm.allowed_ids(cfg.vocab_rule), cfg.match_dim,
+        self.quantizer = WordQuantizer(lm.word_embeddings, allowed_vocabulary(lm, cfg), cfg.match_dim,
                                        cfg.entropy_temperature, cfg.entropy_tokens, fit=fit_matching,
                                        num_positions=cfg.num_tokens, position_dither=cfg.position_dither)
-        self.quantizer.codes_cache_key = f"{lm.fingerprint}/{cfg.vocab_rule}"  # for refresh_codes' cache
+        self.quantizer.codes_cache_key = f"{lm.fingerprint}/{cfg.vocab_rule}/{cfg.excluded_words}"  # refresh_codes' cache
         self.decoder = Decoder(cfg, lm.hidden_size)
+        self.semantic = SemanticHead(cfg, lm.hidden_size) if cfg.semantic_words else None
         self.register_buffer("mask_embed", lm.word_embeddings[lm.mask_id].clone(), persistent=False)
         self.register_buffer("frame_embeds", lm.word_embeddings[[lm.cls_id, lm.sep_id]].clone(), persistent=False)
 
     # --- public surface -----------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid). Needs no LM layers.
+    def encode(self, images: torch.Tensor, precision: str = "fp32", semantic: bool = False):
+        """images (B, 3, H, W) in [0, 1] at the config's size -> word ids (B, grid, grid); with
+        semantic=True the pair (those, the semantic word ids (B, cfg.semantic_words), best first; (B, 0)
+        for a model without a semantic head). Needs no LM layers.
 
         precision "fp32": the reference words, the same on every run and batch size (the search is
         exact; another device's fp32 arithmetic could still move a vector that sits within rounding
@@ -192,10 +251,41 @@ class LQAE(nn.Module):
         from .precision import strict_fp32
 
         g = self.cfg.grid_size
+        want_semantic = semantic and self.semantic is not None
         with strict_fp32():  # no TF32 on CUDA: the search's error bound assumes fp32 products
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                u = self.encoder(images * 2 - 1)
-            return self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
+                u = self.encoder(images * 2 - 1, hidden=want_semantic)
+                if want_semantic:
+                    u, h = u
+                    direction = self.semantic(h)
+            ids = self.quantizer.nearest_ids(self.quantizer.dithered(u)).view(-1, g, g)
+            if not semantic:
+                return ids
+            if not want_semantic:
+                return ids, torch.zeros(ids.shape[0], 0, dtype=torch.long, device=ids.device)
+            return ids, self.semantic_ids(direction)
+
+    SEMANTIC_CANDIDATES = 64  # fp32 candidates re-scored exactly per image (semantic_ids)
+
+    def semantic_ids(self, direction: torch.Tensor) -> torch.Tensor:
+        """Unit directions (B, D) -> the ids of the cfg.semantic_words allowed words nearest by cosine,
+        best first (B, K). Candidates come from one fp32 product; each image's are then re-scored in
+        float64 and ordered by (score, lower id), so the choice does not depend on the batch."""
+        table = self.semantic_table()                                   # (A, D) unit rows, fp32
+        k = min(self.cfg.semantic_words, len(table))
+        cand = (direction.float() @ table.T).topk(min(self.SEMANTIC_CANDIDATES, len(table)), dim=1).indices  # (B, C)
+        exact = torch.einsum("bd,bcd->bc", direction.double(), table[cand].double())
+        ids = self.quantizer.allowed_ids[cand]
+        order = torch.from_numpy(_lexsort(ids.cpu(), -exact.cpu())).to(ids.device)  # score, then lower id
+        return ids.gather(1, order[:, :k])
+
+    def semantic_table(self) -> torch.Tensor:
+        """The allowed words' embeddings, unit length (A, D): what semantic directions are matched to."""
+        table = getattr(self, "_semantic_table", None)
+        if table is None or table.device != self.quantizer.codebook.device:
+            table = F.normalize(self.quantizer.codebook[self.quantizer.allowed_ids].float(), dim=-1)
+            self._semantic_table = table
+        return table
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor, decoder: nn.Module | None = None) -> torch.Tensor:
@@ -292,3 +382,10 @@ class LQAE(nn.Module):
             embeds = torch.cat([cls.unsqueeze(1), embeds, sep.unsqueeze(1)], dim=1)
             return self.lm.hidden_states(embeds, self.cfg.decoder_lm_layers)[:, 1:-1]
         return self.lm.hidden_states(embeds, self.cfg.decoder_lm_layers)
+
+
+def _lexsort(ids: torch.Tensor, neg_scores: torch.Tensor):
+    """Per row, the order of (neg_scores, ids) ascending: best score first, ties to the lower id."""
+    import numpy as np
+
+    return np.lexsort((ids.numpy(), neg_scores.numpy()), axis=1)

@@ -27,6 +27,7 @@ import torch
 
 from .data import IMAGE_SUFFIXES, load_image
 from .errors import ImageError, LQAEError, TokenError
+from .limits import MAX_PATTERN_NAMES
 from .fileio import atomic_write
 from .tokens import WordGrid, format_grid, record
 
@@ -34,20 +35,36 @@ SHARD_SUFFIX = ".tar"
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """`a/{00000..00003}.tar` -> a/00000.tar ... a/00003.tar (zero padding kept); `{x,y}` -> both."""
-    m = _BRACE.search(pattern)
-    if not m:
-        return [pattern]
-    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+def _options(body: str) -> tuple[int, object]:
+    """A brace's body -> (how many names it gives, a function making them), counted before any is made."""
     r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if r:
         lo, hi = r.group(1), r.group(2)
         width = len(lo) if lo.startswith("0") else 0
-        options = [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [out for o in options for out in expand_braces(head + o + tail)]
+        if len(lo) > 18 or len(hi) > 18:  # no brace of ten billion billion names
+            return MAX_PATTERN_NAMES + 1, None
+        return max(0, int(hi) - int(lo) + 1), lambda: [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+    return body.count(",") + 1, lambda: body.split(",")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a/{00000..00003}.tar` -> a/00000.tar ... a/00003.tar (zero padding kept); `{x,y}` -> both. A pattern
+    that would expand to more than MAX_PATTERN_NAMES names is refused (LQAEError) before any is made."""
+    total = 1
+    for m in _BRACE.finditer(pattern):
+        total *= _options(m.group(1))[0]
+        if total > MAX_PATTERN_NAMES:
+            raise LQAEError(f"the pattern {pattern[:80]} expands to more than {MAX_PATTERN_NAMES:,} names "
+                            "(MAX_PATTERN_NAMES): split it")
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
+    m = _BRACE.search(pattern)
+    if not m:
+        return [pattern]
+    head, tail = pattern[:m.start()], pattern[m.end():]
+    return [out for o in _options(m.group(1))[1]() for out in _expand(head + o + tail)]
 
 
 def shard_paths(inputs: list[str]) -> tuple[list[Path], list[str], list[tuple[str, str]]]:
@@ -141,9 +158,8 @@ def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, pr
     def flush() -> None:
         if not batch:
             return
-        ids = tok.encode_pixels(torch.stack([t for _, t in batch]), precision).cpu().tolist()
-        for (s, _), grid_ids in zip(batch, ids):
-            grid = WordGrid.from_ids(grid_ids, tok.vocab, f"{where}/{s.name}")
+        grids = tok.encode_grids(torch.stack([t for _, t in batch]), [f"{where}/{s.name}" for s, _ in batch], precision)
+        for (s, _), grid in zip(batch, grids):
             rec = {"key": s.key, **record(grid, tok.name, tok.lm_fingerprint)}
             members.extend([(f"{s.key}.txt", format_grid(grid, "text").encode()),
                             (f"{s.key}.json", (json.dumps(rec, ensure_ascii=False) + "\n").encode())])

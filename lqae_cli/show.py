@@ -70,17 +70,22 @@ def placeholder(text: str) -> Image.Image:
     return img
 
 
-def sheet(rows: list[tuple[str, Image.Image | None, Image.Image, list[list[str]]]]) -> tuple[Image.Image, list[list[WordCell]]]:
-    """rows of (title, input or None, reconstruction, tokens) -> one PNG sheet and the cells drawn."""
+def sheet(rows: list[tuple[str, Image.Image | None, Image.Image, list[list[str]], list[str] | None]]
+          ) -> tuple[Image.Image, list[list[WordCell]]]:
+    """rows of (title, input or None, reconstruction, tokens, semantic words or None) -> one PNG sheet
+    and the cells drawn. The semantic words stand in brackets above the word grid."""
     width = 3 * PANEL + 4 * PAD
     height = len(rows) * (PANEL + TITLE + PAD) + PAD
     out = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(out)
     fnt = font(16)
     all_cells = []
-    for i, (title, inp, rec, tokens) in enumerate(rows):
+    for i, (title, inp, rec, tokens, semantic) in enumerate(rows):
         y = PAD + i * (PANEL + TITLE + PAD)
-        draw.text((PAD, y + 4), title, font=fnt, fill=(0, 0, 0))
+        draw.text((PAD, y + 4), fit_text(title, 2 * PANEL + PAD, fnt), font=fnt, fill=(0, 0, 0))
+        if semantic is not None:
+            words = fit_text(f"[{' '.join(semantic)}]", PANEL, font(18))
+            draw.text((PAD + 2 * (PANEL + PAD), y + 2), words, font=font(18), fill=(20, 60, 160))
         left = inp.resize((PANEL, PANEL), Image.NEAREST) if inp is not None else placeholder("(from tokens)")
         panel, cells = word_panel(inp if inp is not None else rec, tokens)
         for k, img in enumerate([left, rec.resize((PANEL, PANEL), Image.NEAREST), panel]):
@@ -109,10 +114,10 @@ def contact_sheet(tok, images: list, tokens: str | None = None, size=None, regio
             continue
         x = tok.pixels(image)
         grid = tok.encode(to_pil(x))
-        rows.append((str(image), to_pil(x), tok.decode(grid), grid.words))
+        rows.append((str(image), to_pil(x), tok.decode(grid), grid.words, grid.semantic))
     if tokens is not None:
         for job in read_token_inputs(tok, str(tokens), Tally()):
-            rows.append((f"{job.name} (tokens)", None, tok.decode(job.grid), job.grid.words))
+            rows.append((f"{job.name} (tokens)", None, tok.decode(job.grid), job.grid.words, job.grid.semantic))
     return sheet(rows)[0], len(rows)
 
 
@@ -127,7 +132,7 @@ def _region_row(tok, name: str, img: Image.Image, region: tuple[int, int] | None
     box = (c * t, r * t, (c + nc) * t, (r + nr) * t)
     words = [row[c * g:(c + nc) * g] for row in grid.words[r * g:(r + nr) * g]]
     title = f"{name}: tiles {r}-{r + nr - 1} x {c}-{c + nc - 1} of {tile_rows} x {tile_cols} ({img.width}x{img.height} px)"
-    return title, img.crop(box), decoded.crop(box), words
+    return title, img.crop(box), decoded.crop(box), words, grid.semantic
 
 
 def save_png(path, img: Image.Image) -> None:

@@ -110,11 +110,13 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
     from .precision import explain, explain_decode
     from .quantizer import describe_search
 
+    from .model import allowed_vocabulary
+
     path = weights_path(weights)
     card = read_card(path)
     cfg = card["config"]
     try:
-        allowed = len(LanguageModel.load(cfg.lm_name).allowed_ids(cfg.vocab_rule))
+        allowed = len(allowed_vocabulary(LanguageModel.load(cfg.lm_name), cfg))
     except LMError:
         allowed = None
     device = resolve_device(None)
@@ -123,6 +125,8 @@ def describe(weights: str | os.PathLike | None = None) -> dict:
             "image_size": cfg.image_size, "patch_size": cfg.patch_size,
             "grid": [cfg.grid_size, cfg.grid_size], "tokens_per_image": cfg.num_tokens, "lm": cfg.lm_name,
             "lm_fingerprint": cfg.lm_fingerprint, "vocab_rule": cfg.vocab_rule, "allowed_vocabulary": allowed,
+            "excluded_words": len(cfg.excluded_words.split()), "excluded_source": cfg.excluded_source,
+            "semantic_words": cfg.semantic_words,
             "config": asdict(cfg), "training": card["training"], "metrics": card["metrics"]}
 
 
@@ -147,6 +151,7 @@ class Tokenizer:
         self.training: dict = card.get("training", {})
         self.metrics: dict = card.get("metrics", {})
         self._allowed: frozenset[int] | None = None
+        self._excluded: frozenset[int] | None = None
         self._int8: tuple = (None, None)  # (the decoder it was made from, its int8 copy)
 
     # --- the card ---------------------------------------------------------------
@@ -171,6 +176,19 @@ class Tokenizer:
         if self._allowed is None:
             self._allowed = frozenset(self.model.quantizer.allowed_ids.tolist())
         return self._allowed
+
+    @property
+    def excluded_ids(self) -> frozenset[int]:
+        """Ids of the checkpoint's excluded words (its list of words not to print): never encoded, refused
+        in token input."""
+        if self._excluded is None:
+            self._excluded = frozenset(self.model.lm.token_id(w) for w in self.model.cfg.excluded_words.split())
+        return self._excluded
+
+    @property
+    def semantic_words(self) -> int:
+        """How many image-level words each encoding starts with (0: the checkpoint has no semantic head)."""
+        return self.model.cfg.semantic_words
 
     @property
     def image_size(self) -> int:
@@ -205,6 +223,8 @@ class Tokenizer:
         if isinstance(words, (list, tuple)):
             return [self.words_to_ids(w) for w in words]
         i = self.model.lm.token_id(str(words))
+        if i is not None and i in self.excluded_ids:
+            raise TokenError(f"'{words}' is excluded from the checkpoint's vocabulary (its list of words not to print)")
         if i is None or i not in self.allowed_ids:
             raise TokenError(f"'{words}' is not in the checkpoint's allowed vocabulary")
         return i
@@ -216,7 +236,7 @@ class Tokenizer:
     def parse(self, text: str) -> list[WordGrid]:
         """Token text in any format `format` writes (text, ids, json, jsonl; detected) -> word grids.
         Raises TokenError naming the line for an unknown word or a grid of the wrong size."""
-        return parse_tokens(text, self.vocab, self.model.lm.token_id, self.allowed_ids, self.grid_size)
+        return parse_tokens(text, self.vocab, self.model.lm.token_id, self.allowed_ids, self.grid_size, self.excluded_ids)
 
     def format(self, grid: WordGrid, fmt: str = "text") -> str:
         """One grid as text ("text": words, one line per token row), "ids", "json" or "jsonl" (one line)."""
@@ -240,8 +260,9 @@ class Tokenizer:
 
         return auto_precision(self.device)
 
-    def encode_pixels(self, pixels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-        """(B, 3, S, S) float in [0, 1] -> (B, grid, grid) int64 vocabulary ids, on the model's device.
+    def encode_pixels(self, pixels: torch.Tensor, precision: str = "fp32", semantic: bool = False):
+        """(B, 3, S, S) float in [0, 1] -> (B, grid, grid) int64 vocabulary ids, on the model's device;
+        with semantic=True the pair (those, the semantic word ids (B, semantic_words), best first).
         precision "fp32" gives the reference words (the same on every run and batch size); "bf16" runs the
         encoder in bf16 (faster only where the hardware has native bf16; about 1 word in 80 differs);
         "auto" is bf16 where that is native and faster here, else fp32."""
@@ -252,7 +273,14 @@ class Tokenizer:
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, S, S):
             raise ImageError(f"expected pixels of shape (B, 3, {S}, {S}), got {tuple(pixels.shape)}")
         with torch.inference_mode():
-            return self.model.encode(pixels.to(self.device, torch.float32), precision)
+            return self.model.encode(pixels.to(self.device, torch.float32), precision, semantic)
+
+    def encode_grids(self, pixels: torch.Tensor, sources: Sequence[str | None], precision: str = "fp32") -> list[WordGrid]:
+        """(B, 3, S, S) float in [0, 1] -> B word grids with their semantic words (when the checkpoint
+        has them), named by `sources`."""
+        ids, sem = self.encode_pixels(pixels, precision, semantic=True)
+        sem = sem.cpu().tolist() if self.semantic_words else [None] * len(sources)
+        return [WordGrid.from_ids(g, self.vocab, name, None, s) for g, s, name in zip(ids.cpu().tolist(), sem, sources)]
 
     def encode(self, images: ImageLike | Sequence[ImageLike], *, size: int | str | None = None, precision: str = "fp32",
                batch_size: int = 64, progress=None) -> WordGrid | list[WordGrid]:
@@ -286,8 +314,7 @@ class Tokenizer:
         grids: list[WordGrid] = []
         for start in range(0, len(items), batch_size):
             chunk = torch.stack([self.pixels(x) for x in items[start:start + batch_size]])
-            for ids, name in zip(self.encode_pixels(chunk, precision).cpu().tolist(), names[start:start + batch_size]):
-                grids.append(WordGrid.from_ids(ids, self.vocab, name))
+            grids += self.encode_grids(chunk, names[start:start + batch_size], precision)
         return grids[0] if single else grids
 
     def _encode_tiled(self, image: ImageLike, name: str | None, size, precision: str, batch_size: int,
@@ -301,7 +328,10 @@ class Tokenizer:
             ids.append(self.encode_pixels(part, precision).cpu())
             if progress:
                 progress(len(part))
-        return WordGrid.from_ids(join_ids(torch.cat(ids), rows, cols), self.vocab, name, img.size)
+        semantic = None
+        if self.semantic_words:  # image-level words: the whole image at the checkpoint's size
+            semantic = self.encode_pixels(self.pixels(img).unsqueeze(0), precision, semantic=True)[1][0].tolist()
+        return WordGrid.from_ids(join_ids(torch.cat(ids), rows, cols), self.vocab, name, img.size, semantic)
 
     def rgb(self, image: ImageLike) -> Image.Image:
         """One image (any input `encode` takes) as an RGB PIL image at its own size."""
@@ -397,7 +427,7 @@ class Tokenizer:
         """Anything `decode` accepts -> (checked word grids, whether it was one grid)."""
         g = self.grid_size
         if isinstance(x, WordGrid):
-            return [self._checked(x.ids, "grid", x.source, x.pixel_size)], True
+            return [self._checked(x.ids, "grid", x.source, x.pixel_size, x.semantic_ids)], True
         if isinstance(x, str):
             parsed = self.parse(x)
             if len(parsed) != 1:
@@ -422,18 +452,19 @@ class Tokenizer:
             out += sub
         return out, False
 
-    def _checked(self, rows, where: str, source: str | None = None, pixel_size=None) -> WordGrid:
+    def _checked(self, rows, where: str, source: str | None = None, pixel_size=None, semantic=None) -> WordGrid:
         g = self.grid_size
         width = len(rows[0]) if rows else 0
         if not rows or len(rows) % g or width % g or any(len(r) != width for r in rows):
             raise TokenError(f"{where}: expected {g}x{g} tokens, or equally long rows of whole {g}x{g} tiles; "
                              f"got rows of {[len(r) for r in rows][:g + 1]}")
         ids = [[v if isinstance(v, int) else self.words_to_ids(v) for v in row] for row in rows]
-        for row in ids:
-            for i in row:
-                if i not in self.allowed_ids:
-                    raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
-        return WordGrid.from_ids(ids, self.vocab, source, pixel_size)
+        if semantic is not None:
+            semantic = [v if isinstance(v, int) else self.words_to_ids(v) for v in semantic]
+        for i in [i for row in ids for i in row] + list(semantic or []):
+            if i not in self.allowed_ids:
+                raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
+        return WordGrid.from_ids(ids, self.vocab, source, pixel_size, semantic)
 
 
 def _is_array(x) -> bool:

@@ -3,6 +3,10 @@
 Formats: text (one line per token row, images separated by a blank line), json
 (one object), jsonl (one object per line), ids (integers, one line per row).
 Token strings map to ids through the vocabulary, never by re-tokenising text.
+
+Semantic words (image-level words, best first) come before the grid: in text and ids as a first line
+in square brackets, `[cat kitten pet animal tabby]`; in JSON records as "semantic" (words) and
+"semantic_ids". They are optional everywhere: a grid without them reads as before.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ class WordGrid:
     words: list[list[str]]    # (rows, cols)
     source: str | None = None
     pixel_size: tuple[int, int] | None = None
+    semantic_ids: list[int] | None = None   # image-level word ids, best first (None: none given)
+    semantic: list[str] | None = None       # the same words as the vocabulary spells them
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -34,17 +40,21 @@ class WordGrid:
 
     @property
     def text(self) -> str:
-        """The words, one line per token row (what `lqae encode` prints)."""
-        return "".join(" ".join(row) + "\n" for row in self.words)
+        """What `lqae encode` prints: the semantic words in square brackets on the first line (when the
+        grid has them), then the grid's words, one line per token row."""
+        head = f"[{' '.join(self.semantic)}]\n" if self.semantic is not None else ""
+        return head + "".join(" ".join(row) + "\n" for row in self.words)
 
     def __str__(self) -> str:
         return self.text
 
     @classmethod
     def from_ids(cls, ids: list[list[int]], vocab: list[str], source: str | None = None,
-                 pixel_size: tuple[int, int] | None = None) -> "WordGrid":
+                 pixel_size: tuple[int, int] | None = None, semantic_ids: list[int] | None = None) -> "WordGrid":
+        sem = None if semantic_ids is None else [int(i) for i in semantic_ids]
         return cls([list(map(int, row)) for row in ids], [[vocab[i] for i in row] for row in ids], source,
-                   None if pixel_size is None else (int(pixel_size[0]), int(pixel_size[1])))
+                   None if pixel_size is None else (int(pixel_size[0]), int(pixel_size[1])),
+                   sem, None if sem is None else [vocab[i] for i in sem])
 
 
 def record(grid: WordGrid, checkpoint: str, fingerprint: str, tile: int | None = None) -> dict:
@@ -52,6 +62,8 @@ def record(grid: WordGrid, checkpoint: str, fingerprint: str, tile: int | None =
     rec = {"source": grid.source, "checkpoint": checkpoint, "lm_fingerprint": fingerprint, "grid": list(grid.shape)}
     if grid.pixel_size is not None:
         rec.update(tile=tile, size=list(grid.pixel_size))
+    if grid.semantic is not None:
+        rec.update(semantic=grid.semantic, semantic_ids=grid.semantic_ids)
     return {**rec, "ids": grid.ids, "tokens": grid.words}
 
 
@@ -71,7 +83,8 @@ def format_grid(grid: WordGrid, fmt: str, checkpoint: str = "", fingerprint: str
     if fmt == "text":
         return grid.text
     if fmt == "ids":
-        return "".join(" ".join(str(i) for i in row) + "\n" for row in grid.ids)
+        head = f"[{' '.join(map(str, grid.semantic_ids))}]\n" if grid.semantic_ids is not None else ""
+        return head + "".join(" ".join(str(i) for i in row) + "\n" for row in grid.ids)
     if fmt == "json":
         return pretty_json(record(grid, checkpoint, fingerprint, tile))
     if fmt == "jsonl":
@@ -79,20 +92,50 @@ def format_grid(grid: WordGrid, fmt: str, checkpoint: str = "", fingerprint: str
     raise TokenError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
 
 
-def parse_tokens(text: str, vocab: list[str], token_id, allowed: set[int], grid: int) -> list[WordGrid]:
+def parse_tokens(text: str, vocab: list[str], token_id, allowed: set[int], grid: int,
+                 excluded: frozenset[int] = frozenset()) -> list[WordGrid]:
     """Any format `format_grid` writes -> word grids. `token_id(str) -> int | None` is the vocabulary;
-    a word or id outside `allowed`, or a grid that is not grid x grid, raises TokenError naming the line."""
+    a word or id outside `allowed`, or a grid that is not grid x grid, raises TokenError naming the line
+    (a word of the checkpoint's `excluded` list says so)."""
     if not text.strip():
         raise TokenError("empty token input")
     stripped = text.lstrip()
     parse = _parse_json if stripped.startswith("{") else _parse_plain
-    return [WordGrid.from_ids(ids, vocab, source, size) for ids, source, size in parse(text, token_id, allowed, grid)]
+    vocabulary = _Vocabulary(vocab, token_id, allowed, excluded)
+    return [WordGrid.from_ids(ids, vocab, source, size, semantic) for ids, source, size, semantic in parse(text, vocabulary, grid)]
 
 
-def _check_id(i: int, allowed: set[int], where: str) -> int:
-    if i not in allowed:
-        raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
-    return i
+class _Vocabulary:
+    """Word and id checks with the messages a person editing a token file needs."""
+
+    def __init__(self, vocab: list[str], token_id, allowed: set[int], excluded: frozenset[int]):
+        self.vocab, self.token_id, self.allowed, self.excluded = vocab, token_id, allowed, excluded
+
+    def word(self, w: str, where: str) -> int:
+        i = self.token_id(w)
+        if i is not None and i in self.excluded:
+            raise TokenError(f"{where}: '{w[:40]}' is excluded from the checkpoint's vocabulary (its list of words not to print)")
+        if i is None or i not in self.allowed:
+            raise TokenError(f"{where}: '{w[:40]}' is not in the checkpoint's allowed vocabulary")
+        return i
+
+    def id(self, i: int, where: str) -> int:
+        if i in self.excluded:
+            raise TokenError(f"{where}: id {i} ('{self.vocab[i]}') is excluded from the checkpoint's vocabulary")
+        if i not in self.allowed:
+            raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
+        return i
+
+
+MAX_SEMANTIC = 64  # words on a semantic line
+
+
+def _semantic_line(line: str) -> list[str] | None:
+    """The words of a `[w1 w2 ...]` line, or None for any other line."""
+    t = line.strip()
+    if not (t.startswith("[") and t.endswith("]")):
+        return None
+    return t[1:-1].split()
 
 
 def _shape(rows: list[tuple[str, list[int]]], grid: int, where: str) -> list[list[int]]:
@@ -111,7 +154,7 @@ def _shape(rows: list[tuple[str, list[int]]], grid: int, where: str) -> list[lis
     return [row for _, row in rows]
 
 
-def _parse_json(text: str, token_id, allowed, grid) -> list[tuple[list[list[int]], str | None, tuple | None]]:
+def _parse_json(text: str, vocabulary: "_Vocabulary", grid) -> list[tuple]:
     objs, pos, decoder = [], 0, json.JSONDecoder()
     while True:  # one object, JSON Lines, or pretty objects one after another
         while pos < len(text) and text[pos].isspace():
@@ -128,19 +171,23 @@ def _parse_json(text: str, token_id, allowed, grid) -> list[tuple[list[list[int]
         where = f"record {n}"
         if not isinstance(obj, dict) or ("tokens" not in obj and "ids" not in obj):
             raise TokenError(f"{where}: a JSON token record needs 'tokens' or 'ids'")
-        def one_id(value) -> int:
-            if "tokens" in obj:  # tokens win: they are what a person edits
-                i = token_id(str(value))
-                if i is None or i not in allowed:
-                    raise TokenError(f"{where}: token '{value}' is not in the checkpoint's allowed vocabulary")
-                return i
+        def one_id(value, words: bool) -> int:
+            if words:  # words win over ids: they are what a person edits
+                return vocabulary.word(str(value), where)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TokenError(f"{where}: ids must be integers, got {json.dumps(value)[:40]}")
-            return _check_id(value, allowed, where)
+            return vocabulary.id(value, where)
 
-        rows = [(f"{where} row {r + 1}", [one_id(v) for v in row]) for r, row in enumerate(_rows(obj["tokens" if "tokens" in obj else "ids"], obj.get("grid"), where))]
+        words = "tokens" in obj
+        rows = [(f"{where} row {r + 1}", [one_id(v, words) for v in row]) for r, row in enumerate(_rows(obj["tokens" if words else "ids"], obj.get("grid"), where))]
+        semantic = None
+        if "semantic" in obj or "semantic_ids" in obj:
+            values = obj["semantic" if "semantic" in obj else "semantic_ids"]
+            if not isinstance(values, list) or len(values) > MAX_SEMANTIC:
+                raise TokenError(f"{where}: 'semantic' and 'semantic_ids' must be lists of at most {MAX_SEMANTIC} words or ids")
+            semantic = [one_id(v, "semantic" in obj) for v in values]
         source = obj.get("source")
-        out.append((_shape(rows, grid, where), source if isinstance(source, str) else None, _pixel_size(obj.get("size"), where)))
+        out.append((_shape(rows, grid, where), source if isinstance(source, str) else None, _pixel_size(obj.get("size"), where), semantic))
     return out
 
 
@@ -166,8 +213,8 @@ def _pixel_size(size, where: str) -> tuple[int, int] | None:
     return size[0], size[1]
 
 
-def _parse_plain(text: str, token_id, allowed, grid) -> list[tuple[list[list[int]], None, None]]:
-    """Text or ids; blank lines separate images."""
+def _parse_plain(text: str, vocabulary: "_Vocabulary", grid) -> list[tuple]:
+    """Text or ids; blank lines separate images; a block's first line may be its semantic line."""
     blocks: list[list[tuple[int, str]]] = [[]]
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -175,23 +222,27 @@ def _parse_plain(text: str, token_id, allowed, grid) -> list[tuple[list[list[int
         elif blocks[-1]:
             blocks.append([])
     blocks = [b for b in blocks if b]
-    words = [w for b in blocks for _, line in b for w in line.split()]
-    as_ids = all(w.isdigit() for w in words) and not all(token_id(w) in allowed for w in words)
+    semantic_lines = {n: _semantic_line(b[0][1]) for b in blocks for n in [b[0][0]]}
+    words = [w for b in blocks for n, line in b
+             for w in (line.split() if semantic_lines.get(n) is None else semantic_lines[n])]
+    as_ids = all(w.isdigit() for w in words) and not all(vocabulary.token_id(w) in vocabulary.allowed for w in words)
+
+    def one_id(w: str, where: str) -> int:
+        return vocabulary.id(int(w), where) if as_ids else vocabulary.word(w, where)
+
     out = []
     for block in blocks:
-        rows = []
-        for n, line in block:
-            row = []
-            for w in line.split():
-                if as_ids:
-                    row.append(_check_id(int(w), allowed, f"line {n}"))
-                    continue
-                i = token_id(w)
-                if i is None or i not in allowed:
-                    raise TokenError(f"line {n}: '{w}' is not in the checkpoint's allowed vocabulary")
-                row.append(i)
-            rows.append((f"line {n}", row))
+        semantic = semantic_lines[block[0][0]]
+        if semantic is not None:
+            n = block[0][0]
+            if len(semantic) > MAX_SEMANTIC:
+                raise TokenError(f"line {n}: {len(semantic)} semantic words (at most {MAX_SEMANTIC})")
+            semantic = [one_id(w, f"line {n}") for w in semantic]
+            block = block[1:]
+            if not block:
+                raise TokenError(f"line {n}: a semantic line needs a grid of words after it")
+        rows = [(f"line {n}", [one_id(w, f"line {n}") for w in line.split()]) for n, line in block]
         first, last = block[0][0], block[-1][0]
         where = f"line {first}" if first == last else f"lines {first}-{last}"
-        out.append((_shape(rows, grid, where), None, None))
+        out.append((_shape(rows, grid, where), None, None, semantic))
     return out

@@ -33,7 +33,7 @@ def test_cpu_inference_runs_a_large_batch_in_nearly_equal_parts(tiny_lm, monkeyp
     enc = LQAE(tiny_config(tiny_lm), tiny_lm).encoder.eval()
     x = torch.rand(37, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     parts, layers = [], model_module.Encoder.layers
-    monkeypatch.setattr(model_module.Encoder, "layers", lambda self, p: parts.append(len(p)) or layers(self, p))
+    monkeypatch.setattr(model_module.Encoder, "layers", lambda self, p, *a: parts.append(len(p)) or layers(self, p, *a))
     monkeypatch.setattr(model_module, "CPU_PART", 16)
     with torch.no_grad():
         out = enc(x)

@@ -33,7 +33,7 @@ def test_words_drawn_are_encode_words(run, tmp_path):
     img = write_images(tmp_path / "in", 1)[0]
     tokens = json.loads(run("encode", img, "-f", "json").stdout)["tokens"]
     pil = Image.open(img).convert("RGB").resize((16, 16))
-    _, cells = sheet([("x", pil, pil, tokens)])
+    _, cells = sheet([("x", pil, pil, tokens, None)])
     assert [[c.word for c in cells[0][r * 4:(r + 1) * 4]] for r in range(4)] == tokens
     for c in cells[0]:
         assert c.shown == c.word or (c.shown.endswith("…") and c.word.startswith(c.shown[:-1]))
