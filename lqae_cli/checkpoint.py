@@ -18,6 +18,7 @@ import torch
 from .config import LQAEConfig
 from .errors import CheckpointError, ConfigError, LMError, LQAEError
 from .fileio import atomic_write
+from .limits import MAX_PARAMETERS
 from .lm import LanguageModel
 
 
@@ -28,9 +29,27 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **metadata}))
 
 
-def _read(path: Path, check=None, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The file's metadata, then check(header, meta) on {name: (dtype, shape)} if given, then its tensors
-    (none when `tensors` is False)."""
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+def check_size(path: Path, header: dict[str, tuple[str, tuple]], max_numbers: int = MAX_PARAMETERS) -> int:
+    """Refuse (CheckpointError) tensors of more than `max_numbers` numbers in all (MAX_PARAMETERS), or a file
+    whose disk blocks hold less than half the bytes its header promises (a sparse file: a 4 GB checkpoint
+    of holes would read as zeros). Returns the count. Checked before any tensor is read."""
+    held = sum(math.prod(shape) for _, shape in header.values())
+    if held > max_numbers:
+        raise CheckpointError(f"{path} holds {held:,} numbers, more than the limit of {max_numbers:,} (MAX_PARAMETERS)")
+    promised = sum(math.prod(shape) * _DTYPE_BYTES.get(dtype, 1) for dtype, shape in header.values())
+    blocks = getattr(Path(path).stat(), "st_blocks", None)  # (no st_blocks on Windows)
+    if blocks is not None and promised > (1 << 20) and blocks * 512 < promised // 2:
+        raise CheckpointError(f"{path} is a sparse file: its header promises {promised:,} bytes of tensors, its disk "
+                              f"blocks hold {blocks * 512:,}; not a real checkpoint")
+    return held
+
+
+def _read(path: Path, check=None, tensors: bool = True, max_numbers: int = MAX_PARAMETERS) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The file's metadata, then its size checked (check_size) and check(header, meta) on
+    {name: (dtype, shape)} if given, then its tensors (none when `tensors` is False), which must be finite."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -39,21 +58,27 @@ def _read(path: Path, check=None, tensors: bool = True) -> tuple[dict[str, torch
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if check is not None:
+            if check is not None or tensors:
                 slices = {k: f.get_slice(k) for k in f.keys()}
                 header = {k: (str(s.get_dtype()), tuple(s.get_shape())) for k, s in slices.items()}
+                check_size(path, header, max_numbers)
+            if check is not None:
                 check(header, meta)
             loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, LQAEError):
             raise
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    for k, v in loaded.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: tensor {k} holds NaN or infinite values; not a usable checkpoint")
     return loaded, meta
 
 
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file (training state, checkpoints)."""
-    return _read(path)
+def read_tensors(path: Path, max_numbers: int = MAX_PARAMETERS) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file (training state, checkpoints): at most
+    `max_numbers` numbers, from a file that is not sparse, every float finite (else CheckpointError)."""
+    return _read(path, max_numbers=max_numbers)
 
 
 def save_model(model, path: Path, training: dict | None = None, metrics: dict | None = None) -> None:

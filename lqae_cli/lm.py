@@ -27,8 +27,21 @@ FINGERPRINT_CACHE = "lm-fingerprints.json"
 
 
 
+HUB_ENV = "LQAE_ALLOW_HUB"
+
+
+def hub_allowed() -> bool:
+    """Whether a language model may come from the Hugging Face hub: only when the user sets LQAE_ALLOW_HUB=1,
+    never because a checkpoint names a hub id. Otherwise every load runs with HF_HUB_OFFLINE=1."""
+    return os.environ.get(HUB_ENV, "") not in ("", "0")
+
+
 def resolve_lm_dir(name: str) -> Path:
-    """A local model folder for `name`: the default packaged MiniLM, a folder, or a hub id (only if cached)."""
+    """A local model folder for `name`: the default packaged MiniLM or a local folder; a hub id only with
+    LQAE_ALLOW_HUB=1 (then from the hub's cache or the network). A folder whose config asks for remote
+    code (`auto_map`) is refused: lqae never runs code that comes with a model."""
+    if not hub_allowed():
+        os.environ["HF_HUB_OFFLINE"] = "1"
     if name == DEFAULT_LM:
         import importlib.util
 
@@ -38,25 +51,43 @@ def resolve_lm_dir(name: str) -> Path:
         return Path(list(spec.submodule_search_locations)[0]) / "model"
     path = Path(name).expanduser()
     if path.is_dir():
-        return path
+        return _no_remote_code(path)
+    if not hub_allowed():
+        raise LMError(f"language model '{name[:100]}' is neither the packaged default nor a local folder; a hub id is "
+                      f"fetched only when you set {HUB_ENV}=1")
     try:  # a hub id that is already in the local cache (or reachable, where a hub is)
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        return _no_remote_code(Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors"])))
+    except LMError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
-        raise LMError(f"language model '{name}' is neither a local folder nor an available hub id ({exc.__class__.__name__})") from None
+        raise LMError(f"language model '{name[:100]}' is neither a local folder nor an available hub id ({exc.__class__.__name__})") from None
+
+
+def _no_remote_code(lm_dir: Path) -> Path:
+    try:
+        config = json.loads((lm_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return lm_dir  # no config: read as a plain BERT, or refused later for what is missing
+    if isinstance(config, dict) and "auto_map" in config:
+        raise LMError(f"{lm_dir} asks for code of its own (auto_map in config.json); lqae never runs a model's code")
+    return lm_dir
 
 
 def _read_vocab(lm_dir: Path) -> list[str]:
     if (lm_dir / "vocab.txt").exists():
         return (lm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     if (lm_dir / "tokenizer.json").exists():
-        vocab = json.loads((lm_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
-        if isinstance(vocab, dict):
-            out = [""] * len(vocab)
-            for tok, i in vocab.items():
-                out[i] = tok
-            return out
+        try:
+            vocab = json.loads((lm_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+            if isinstance(vocab, dict):
+                out = [""] * len(vocab)
+                for tok, i in vocab.items():
+                    out[i] = tok
+                return out
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError, UnicodeDecodeError) as exc:
+            raise LMError(f"{lm_dir}/tokenizer.json has no readable vocabulary ({exc.__class__.__name__})") from None
     raise LMError(f"no vocab.txt or tokenizer.json vocabulary in {lm_dir}")
 
 
@@ -66,11 +97,19 @@ def _find_word_embeddings(lm_dir: Path) -> torch.Tensor:
     path = lm_dir / "model.safetensors"
     if not path.exists():
         raise LMError(f"no model.safetensors in {lm_dir} (only safetensors weights are loaded)")
-    with safe_open(str(path), framework="pt") as f:
-        keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
-        if len(keys) != 1:
-            raise LMError(f"cannot find one word-embedding table in {path}")
-        return f.get_tensor(keys[0]).float()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
+            if len(keys) != 1:
+                raise LMError(f"cannot find one word-embedding table in {path}")
+            table = f.get_tensor(keys[0]).float()
+    except LMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors: not a readable file
+        raise LMError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:100] if str(exc) else exc.__class__.__name__})") from None
+    if table.ndim != 2 or not bool(torch.isfinite(table).all()):
+        raise LMError(f"the word-embedding table in {path} is not a finite 2-D table")
+    return table
 
 
 @dataclass
@@ -204,14 +243,19 @@ class LanguageModel:
         native = load_bert(self.lm_dir)
         if native is not None:
             return native
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if not hub_allowed():
+            os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         # safetensors weights only (checked in load), and never code from the model folder
-        model = AutoModel.from_pretrained(str(self.lm_dir), use_safetensors=True, trust_remote_code=False)
+        try:
+            model = AutoModel.from_pretrained(str(self.lm_dir), use_safetensors=True, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
+            raise LMError(f"cannot build the language model in {self.lm_dir} ({exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -20,7 +20,7 @@ from .checkpoint import load_model, read_tensors, save_model, save_tensors
 from .config import TrainArgs, preset
 from .curves import plot_curves
 from .data import TrainImages, collate_skip_none, list_images, load_image, to_pil
-from .errors import ConfigError, LQAEError
+from .errors import CheckpointError, ConfigError, LQAEError
 from .fileio import atomic_write
 from .lm import LanguageModel
 from .model import LQAE
@@ -88,17 +88,39 @@ def save_state(path: Path, opt, step: int, args: TrainArgs, elapsed: float, rng_
 
 
 def load_state(path: Path, opt, rank: int = 0) -> tuple[int, float]:
-    tensors, meta = read_tensors(path)
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    torch.set_rng_state(tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"]))
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["step"]), float(meta.get("elapsed", 0))
+    """Restore the optimizer and random streams from a state file; one that does not fit this run (crafted,
+    damaged, or from another model) raises CheckpointError naming it, before any state is changed."""
+    n_params = sum(p.numel() for group in opt.param_groups for p in group["params"])
+    tensors, meta = read_tensors(path, max_numbers=3 * n_params + (1 << 20))  # two moments per number, steps, RNG
+    try:
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = v
+        groups = json.loads(meta["param_groups"])
+        step, elapsed = int(meta["step"]), float(meta.get("elapsed", 0))
+        rng = tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"])
+        if step < 0 or not math.isfinite(elapsed) or rng.dtype != torch.uint8 or rng.ndim != 1:
+            raise ValueError("step, elapsed time or random state out of range")
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for i, st in state.items():
+            for name, v in st.items():
+                if name in ("exp_avg", "exp_avg_sq") and tuple(v.shape) != tuple(params[i].shape):
+                    raise ValueError(f"optim.{i}.{name} has shape {list(v.shape)}, its parameter {list(params[i].shape)}")
+        saved = opt.state_dict()
+        opt.load_state_dict({"state": state, "param_groups": groups})
+        try:
+            torch.set_rng_state(rng)
+            if "rng.cuda" in tensors and torch.cuda.is_available():
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
+        except (RuntimeError, ValueError, TypeError):
+            opt.load_state_dict(saved)
+            raise
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a usable training state for this run ({exc.__class__.__name__}: "
+                              f"{str(exc)[:100]}); delete it to start over") from None
+    return step, elapsed
 
 
 def save_grid(path: Path, inputs: torch.Tensor, recons: torch.Tensor, n: int = 8) -> None:
@@ -294,7 +316,11 @@ def train(args: TrainArgs) -> Path:
     torch.manual_seed(args.seed * 7919 + ranks.rank)  # masking / sampling streams differ per rank
     if args.resume and out.exists() and state_path(out).exists():
         tensors, _ = read_tensors(out)
-        model.load_state_dict(tensors, strict=True)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{out} does not fit this run's model, so it cannot be resumed "
+                                  f"({str(exc).splitlines()[0][:100]}); delete it or train to another --out") from None
         start, elapsed_before = load_state(state_path(out), opt, ranks.rank)
 
     ddp = torch.nn.parallel.DistributedDataParallel(

@@ -198,3 +198,178 @@ def test_one_bad_record_of_a_jsonl_fails_alone_with_its_line(run, tmp_path):
     assert "t.jsonl: line 3" in errors[1] and "zzznotaword" in errors[1]
     assert "converted 2, skipped 0, failed 2" in r.stderr
     assert len(list(out.rglob("*.png"))) == 2
+
+
+# --- (B) bounded work ----------------------------------------------------------------------------
+def peak_run(tiny_ckpt, args, stdin: bytes = b"", cwd=None):
+    """Run `python -m lqae_cli ARGS` in a child of its own; (exit code, stderr, the child's peak RSS in MiB)."""
+    import subprocess
+    import sys
+
+    probe = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read(), "
+             "capture_output=True); sys.stderr.write(p.stderr.decode()); "
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)")
+    env = {**os.environ, "LQAE_WEIGHTS": str(tiny_ckpt)}
+    p = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "lqae_cli", *map(str, args)], input=stdin,
+                       capture_output=True, env=env, cwd=cwd)
+    code, rss = map(int, p.stdout.split())
+    return code, p.stderr.decode(), rss
+
+
+def error_lines(stderr: str) -> int:
+    return sum(line.startswith("Error:") for line in stderr.splitlines())
+
+
+BASELINE_MIB = 450  # a decode with the tiny checkpoint peaks near 300 MiB (torch and the model): the bound leaves room
+
+
+@pytest.mark.slow
+def test_standard_input_is_read_with_a_cap(tiny_ckpt):
+    code, err, rss = peak_run(tiny_ckpt, ["decode", "-", "-o", "x.png"], b"\0" * (80 << 20))
+    assert code == 1 and error_lines(err) == 1 and "64 MiB" in err and "MAX_TOKEN_BYTES" in err
+    assert rss < BASELINE_MIB + 64, rss
+    code, err, rss = peak_run(tiny_ckpt, ["encode", "-"], b"\0" * (300 << 20))
+    assert code == 1 and error_lines(err) == 1 and "256 MiB" in err and "MAX_IMAGE_BYTES" in err
+    assert rss < BASELINE_MIB + 256, rss
+
+
+@pytest.mark.slow
+def test_a_record_size_beyond_its_grid_is_refused_before_any_allocation(tiny_ckpt, run, tmp_path):
+    img = write_images(tmp_path / "in", 1)[0]
+    rec = json.loads(run("encode", img, "-f", "json").stdout)
+    rec["size"] = [11300, 11300]
+    src = tmp_path / "big.jsonl"
+    src.write_text(json.dumps(rec) + "\n")
+    code, err, rss = peak_run(tiny_ckpt, ["decode", src, "-o", tmp_path / "o.png"])
+    assert code == 1 and error_lines(err) == 1 and "big.jsonl" in err and "11300x11300" in err and "internal" not in err
+    assert rss < BASELINE_MIB, rss
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.slow
+def test_native_size_bounds_the_padded_tile_count(tiny_ckpt, tmp_path):
+    import numpy as np
+
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 400_000, 3), np.uint8)).save(thin)  # 1 x 400,000: 25,000 tiles of 16 once padded
+    code, err, rss = peak_run(tiny_ckpt, ["encode", thin, "--size", "native"])
+    assert code == 1 and error_lines(err) == 1 and "thin.png" in err and "MAX_TILES" in err
+    assert rss < BASELINE_MIB, rss
+
+
+def test_big_grids_and_patterns_are_refused_by_named_limits(run, tmp_path, monkeypatch):
+    words = ("apple " * 1000).strip() + "\n"
+    grid = tmp_path / "huge.txt"
+    grid.write_text(words * 1000)  # 1000 x 1000 words: 62,500 tiles of 4 x 4
+    one_error(run("decode", grid, "-o", tmp_path / "o.png"), "huge.txt", "62,500 tiles", "MAX_TILES")
+    one_error(run("decode", "-", "-o", tmp_path / "o.png", input=words * 1000), "stdin", "MAX_TILES")
+    rec = {"ids": [[10] * 4] * 4, "size": [17, 4]}  # one tile is 16 pixels wide
+    one_error(run("decode", "-", "-o", tmp_path / "o.png", input=json.dumps(rec)), "17x4", "16x16")
+    monkeypatch.chdir(tmp_path)
+    one_error(run("encode", "{0..999}{0..999}{0..999}.tar", "-o", "out"), "MAX_PATTERN_NAMES")
+    assert files_under(tmp_path) == ["huge.txt"]
+
+
+# --- (C) checkpoints never reach the network, and are bounded -----------------------------------
+def rewrite_checkpoint(src, dst, tensors=None, **config):
+    """A copy of checkpoint `src` at `dst` with config fields and tensors replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["lqae_config"])
+    cfg.update(config)
+    meta["lqae_config"] = json.dumps(cfg)
+    save_file({**load_file(str(src)), **(tensors or {})}, str(dst), metadata=meta)
+    return dst
+
+
+def test_a_hub_id_in_a_checkpoint_needs_the_users_opt_in(run, tiny_ckpt, tmp_path, monkeypatch):
+    img = write_images(tmp_path / "in", 1)[0]
+    ckpt = rewrite_checkpoint(tiny_ckpt, tmp_path / "hub.safetensors", lm_name="someone/their-model")
+    monkeypatch.delenv("LQAE_ALLOW_HUB", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("reached for the hub"))
+    line = one_error(run("encode", img, "-w", ckpt), "hub.safetensors", "someone/their-model", "LQAE_ALLOW_HUB=1")
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and "internal" not in line
+    monkeypatch.setenv("LQAE_ALLOW_HUB", "1")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda name, **k: asked.append(name) or str(tmp_path / "no"))
+    one_error(run("encode", img, "-w", ckpt), "hub.safetensors")
+    assert asked == ["someone/their-model"]
+
+
+def test_a_language_model_that_wants_its_own_code_is_refused(run, tiny_ckpt, tiny_lm_dir, tmp_path):
+    import shutil
+
+    lm = tmp_path / "remote_lm"
+    shutil.copytree(tiny_lm_dir, lm)
+    cfg = json.loads((lm / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (lm / "config.json").write_text(json.dumps(cfg))
+    ckpt = rewrite_checkpoint(tiny_ckpt, tmp_path / "remote.safetensors", lm_name=str(lm))
+    img = write_images(tmp_path / "in", 1)[0]
+    one_error(run("encode", img, "-w", ckpt), "remote.safetensors", "auto_map")
+
+
+def sparse_safetensors(path, numbers: int) -> None:
+    """A safetensors file whose header promises one F32 tensor of `numbers` numbers, its data all holes."""
+    header = json.dumps({"__metadata__": {"lqae_config": "{}"}, "w": {"dtype": "F32", "shape": [numbers],
+                                                                       "data_offsets": [0, 4 * numbers]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + 4 * numbers)
+
+
+def test_sparse_huge_and_non_finite_checkpoints_are_refused(run, tiny_ckpt, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    img = write_images(tmp_path / "in", 1)[0]
+    sparse = tmp_path / "sparse.safetensors"
+    sparse_safetensors(sparse, 100_000_000)  # 400 MB that are not there
+    one_error(run("encode", img, "-w", sparse), "sparse.safetensors", "sparse file")
+    huge = tmp_path / "huge.safetensors"
+    sparse_safetensors(huge, 300_000_000)
+    one_error(run("encode", img, "-w", huge), "huge.safetensors", "MAX_PARAMETERS")
+    name, t = next((k, v) for k, v in load_file(str(tiny_ckpt)).items() if v.is_floating_point() and v.numel() > 1)
+    bad = t.clone()
+    bad.view(-1)[0] = float("nan")
+    nan = rewrite_checkpoint(tiny_ckpt, tmp_path / "nan.safetensors", {name: bad})
+    one_error(run("encode", img, "-w", nan), "nan.safetensors", name, "NaN")
+    assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("damage", ["shapes", "metadata", "rng"])
+def test_a_crafted_training_state_is_one_checkpoint_error(tmp_path, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    from lqae_cli.errors import CheckpointError
+    from lqae_cli.train import load_state
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    tensors = {"optim.0.step": torch.tensor(1.0), "optim.0.exp_avg": torch.zeros(3, 4), "optim.0.exp_avg_sq": torch.zeros(3, 4),
+               "rng.cpu.0": torch.get_rng_state()}
+    meta = {"step": "1", "param_groups": json.dumps(opt.state_dict()["param_groups"])}
+    if damage == "shapes":
+        tensors["optim.0.exp_avg"] = torch.zeros(5, 5)
+    elif damage == "metadata":
+        meta["param_groups"] = '{"not": "a list"'
+    else:
+        tensors["rng.cpu.0"] = torch.zeros(3)
+    path = tmp_path / "run.state.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    before = {k: v.clone() for k, v in opt.state_dict()["state"][0].items() if torch.is_tensor(v)}
+    with pytest.raises(CheckpointError, match="run.state.safetensors") as exc:
+        load_state(path, opt)
+    assert "\n" not in str(exc.value)
+    after = opt.state_dict()["state"][0]
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
