@@ -13,6 +13,8 @@ RETRAIN_KEYS = {"script", "device", "batch_size", "lr", "border_weight", "mask_r
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 

@@ -13,6 +13,10 @@ if "XDG_CACHE_HOME" not in os.environ:  # the tests' bf16 timing cache (lqae_cli
     import tempfile
 
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="lqae-test-cache-")
+# In-process models here are tiny: one torch thread runs them faster than two, and many times faster when
+# other work shares the cores (every operation would wait for the other thread). Tests that are about
+# threads set their own count (test_in_lanes_...); subprocesses keep torch's default.
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "weights" / "lqae-base.safetensors"
 
