@@ -254,7 +254,7 @@ def train(
     mask_ratio: Annotated[float, typer.Option(min=0.0, max=0.95, help="share of tokens masked before the LM")] = TRAIN.mask_ratio,
     recon_loss: Annotated[ReconLoss, typer.Option(help="'mse' over the batch, or 'log_mse': mean per-image log MSE (weighs smooth images like busy ones)")] = ReconLoss(TRAIN.recon_loss),
     smooth_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of training images replaced by a smoothed copy (shrunk to k x k, enlarged back)")] = TRAIN.smooth_share,
-    lm: Annotated[str, typer.Option(help="language model: the packaged default, a local folder or a hub id")] = DEFAULT_LM,
+    lm: Annotated[str, typer.Option(help="language model: the packaged default, a local folder, or a hub id when LQAE_ALLOW_HUB=1 is set")] = DEFAULT_LM,
     vocab_rule: Annotated[VocabRule, typer.Option(help="allowed words: whole a-z words, or all non-special tokens")] = VocabRule(TRAIN.vocab_rule),
     seed: Annotated[int, typer.Option(help="random seed")] = TRAIN.seed,
     device: Device = None,

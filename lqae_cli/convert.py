@@ -165,9 +165,11 @@ def refuse_input_folder(dest: "Destination", folders: list[Path]) -> None:
 def remove_stale_temps(outputs: list[Path]) -> int:
     """Remove the temporary files (`.NAME.XXXXXXXX.tmp`, made by atomic writes) that a killed run left beside
     these outputs; returns how many. One listing per folder."""
+    from .fileio import temp_prefix
+
     names: dict[Path, set[str]] = {}
     for p in outputs:
-        names.setdefault(p.parent, set()).add(p.name)
+        names.setdefault(p.parent, set()).add(temp_prefix(p.name)[1:-1])
     removed = 0
     for folder, wanted in names.items():
         try:
@@ -260,12 +262,8 @@ def read_stdin(what: str, binary: bool, limit: int = MAX_TOKEN_BYTES):
         raise LQAEError(f"'-' reads {what} from standard input, but standard input is a terminal")
     data = read_capped(sys.stdin.buffer, limit, f"{what} on standard input",
                        "MAX_IMAGE_BYTES" if limit == MAX_IMAGE_BYTES else "MAX_TOKEN_BYTES")
-    if binary:
-        return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TokenError(f"standard input is not UTF-8 text (byte {exc.start})") from None
+    # text: bytes that are not UTF-8 stay as surrogates, so only the image (record) they are in fails
+    return data if binary else data.decode("utf-8", errors="surrogateescape")
 
 
 def write_stdout(text: str) -> None:
@@ -306,10 +304,7 @@ def read_token_file(path: Path) -> str:
         raise TokenError(f"cannot read ({exc.strerror or exc.__class__.__name__})") from None
     except LQAEError as exc:
         raise TokenError(str(exc)) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TokenError(f"not UTF-8 text (byte {exc.start})") from None
+    return data.decode("utf-8", errors="surrogateescape")  # bytes that are not UTF-8: see read_stdin
 
 
 # --- encode --------------------------------------------------------------------
@@ -362,6 +357,19 @@ def split_loaded(batch) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int,
     return [(i, t) for i, t, err in batch if err is None], [(i, err) for i, _, err in batch if err is not None]
 
 
+SPECIAL = "not a regular file (a FIFO, device or socket is never opened)"
+
+
+def is_regular(path: Path) -> bool:
+    """A regular file (a symbolic link to one counts), never opened to find out: FIFOs would block."""
+    import stat
+
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[list[Source], list[tuple[str, str]], bool]:
     """Inputs (files, folders, '-') and a list of paths (a file or '-') -> (sources, (input, error) pairs,
     whether there are several inputs: a folder, a list or more than one item)."""
@@ -372,9 +380,16 @@ def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[lis
             continue
         path = Path(item)
         if path.is_dir():
-            sources += [Source(str(f), f, root=path) for f in list_images(path)]
+            for f in list_images(path):
+                if is_regular(f):
+                    sources.append(Source(str(f), f, root=path))
+                else:
+                    errors.append((str(f), SPECIAL))
         elif path.exists():
-            sources.append(Source(str(path), path, root=path.parent))
+            if is_regular(path):
+                sources.append(Source(str(path), path, root=path.parent))
+            else:
+                errors.append((item, SPECIAL))
         else:
             errors.append((item, "no such file or folder"))
     if from_list is not None:
@@ -393,7 +408,7 @@ def gather_sources(inputs: list[str], from_list: str | None = None) -> tuple[lis
             if Path(line).is_file():
                 sources.append(Source(line, Path(line)))
             else:
-                errors.append((line, "no such file"))
+                errors.append((line, SPECIAL if Path(line).exists() else "no such file"))
     many = len(inputs) > 1 or from_list is not None or any(Path(i).is_dir() for i in inputs if i != "-")
     return sources, errors, many
 
@@ -764,6 +779,10 @@ def parse_record(tok, chunk: str, first: int, index: int, count: int) -> WordGri
     from .tiles import check_grid_size
 
     try:
+        try:
+            chunk.encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes that were not UTF-8 (read_stdin)
+            raise TokenError(f"not UTF-8 text (character {exc.start + 1} of this image's text)") from None
         if not chunk.lstrip().startswith("{"):  # a plain grid: its size from its shape, before any word is looked up
             rows = chunk.splitlines()
             check_grid_size(len(rows), max(len(r.split()) for r in rows), tok.grid_size)

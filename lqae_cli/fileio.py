@@ -10,6 +10,12 @@ from pathlib import Path
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TEMP_NAME_CHARS = 200  # of the target's name in its temporary's (a 255-byte name leaves room for the rest)
+
+
+def temp_prefix(name: str) -> str:
+    """The start of a temporary file's name for target `name`: `.NAME.` (NAME cut to TEMP_NAME_CHARS bytes)."""
+    return f".{name.encode()[:TEMP_NAME_CHARS].decode(errors='ignore')}."
 
 
 def _replace_atomically(path: Path, fill) -> None:
@@ -17,7 +23,7 @@ def _replace_atomically(path: Path, fill) -> None:
     permissions (mkstemp makes 0600), then renamed onto path: path is never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         fill(fd, tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)

@@ -116,10 +116,11 @@ def test_shards_in_token_shards_out_on_one_and_two_ranks(env, data, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert sorted(q.name for q in (tmp_path / "one").iterdir()) == ["00000.tar", "00001.tar", "00002.tar"]
     m = members(tmp_path / "one" / "00001.tar")
-    assert sorted(m) == sorted(f"0000100{i:02d}.{e}" for i in range(5) for e in ("json", "txt"))
-    rec = json.loads(m["000010003.json"])
+    assert sorted(m) == sorted(f"0000100{i:02d}.{e}" for i in range(5) for e in ("json", "txt", "lqae.json", "lqae.txt"))
+    assert m["000010003.json"] == b'{"caption": "x"}' and m["000010003.txt"] == b"x"  # the sample's own members, unchanged
+    rec = json.loads(m["000010003.lqae.json"])
     assert rec["key"] == "000010003" and rec["source"].endswith("00001.tar/000010003.png") and rec["grid"] == [4, 4]
-    assert m["000010003.txt"].decode().split() == [w for row in rec["tokens"] for w in row]
+    assert m["000010003.lqae.txt"].decode().split() == [w for row in rec["tokens"] for w in row]
     p = lqae(env, "encode", str(data / "shards" / "*.tar"), "-o", tmp_path / "two", ranks=2)
     assert p.returncode == 0, p.stderr[-2000:]
     assert tree(tmp_path / "two") == tree(tmp_path / "one")  # byte for byte
@@ -128,7 +129,8 @@ def test_shards_in_token_shards_out_on_one_and_two_ranks(env, data, tmp_path):
     p = lqae(env, "decode", str(tmp_path / "one" / "*.tar"), "-o", tmp_path / "img")
     assert p.returncode == 0, p.stderr[-2000:]
     imgs = members(tmp_path / "img" / "00002.tar")
-    assert sorted(imgs) == [f"0000200{i:02d}.png" for i in range(5)]
+    assert sorted(imgs) == sorted(f"0000200{i:02d}.{e}" for i in range(5) for e in ("json", "txt", "png"))
+    assert imgs["000020004.txt"] == b"x"
     assert Image.open(io.BytesIO(imgs["000020004.png"])).size == (16, 16)
     p = lqae(env, "decode", str(tmp_path / "one" / "*.tar"), "-o", tmp_path / "img2", ranks=2)
     assert p.returncode == 0 and tree(tmp_path / "img2") == tree(tmp_path / "img")
@@ -148,7 +150,9 @@ def test_bad_samples_and_shards_are_counted_never_fatal(env, data, tmp_path):
     for what in ("mixed.tar/k1.png", "mixed.tar/k2", "mixed.tar/k3.jpg", "zero.tar"):
         assert what in p.stderr
     assert "Traceback" not in p.stderr
-    assert sorted(members(tmp_path / "out" / "mixed.tar")) == ["k0.json", "k0.txt", "k4.json", "k4.txt"]
+    # every member passes through; a failed sample keeps its image, a good one gets its words instead
+    assert sorted(members(tmp_path / "out" / "mixed.tar")) == ["k0.lqae.json", "k0.lqae.txt", "k0.txt", "k1.png", "k1.txt",
+                                                             "k2.txt", "k3.jpg", "k4.lqae.json", "k4.lqae.txt"]
     assert members(tmp_path / "out" / "empty.tar") == {}
     assert not (tmp_path / "out" / "zero.tar").exists()
 

@@ -373,3 +373,181 @@ def test_a_crafted_training_state_is_one_checkpoint_error(tmp_path, damage):
     assert "\n" not in str(exc.value)
     after = opt.state_dict()["state"][0]
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+# --- (D) shards ----------------------------------------------------------------------------------
+def png(seed: int) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(seed).random((20, 20, 3)) * 255).astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_shard(path, members) -> None:
+    """members: (name, bytes) for regular files, or (name, tarfile type, link target) for the rest."""
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, *rest in members:
+            info = tarfile.TarInfo(name)
+            if len(rest) == 1:
+                info.size = len(rest[0])
+                tar.addfile(info, io.BytesIO(rest[0]))
+            else:
+                info.type, info.linkname = rest
+                tar.addfile(info)
+
+
+def shard_members(path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+LONG = "a-very-long-folder-name/" + "k" * 120  # a key of 144 characters: only PAX headers hold it
+
+
+def test_every_other_member_passes_through_both_ways(run, tmp_path):
+    src = tmp_path / "in" / "00000.tar"
+    members = []
+    for key in ("000001", "000002", LONG):
+        members += [(f"{key}.jpg", png(len(members))), (f"{key}.txt", f"a caption of {key[-6:]}".encode()),
+                    (f"{key}.json", b'{"width": 20}'), (f"{key}.cls", b"7")]
+    make_shard(src, members)
+    r = run("encode", src, "-o", tmp_path / "tokens")
+    assert r.exit_code == 0, r.stderr
+    tokens = shard_members(tmp_path / "tokens" / "00000.tar")
+    for key in ("000001", "000002", LONG):
+        for ext in ("txt", "json", "cls"):
+            assert tokens[f"{key}.{ext}"] == dict(members)[f"{key}.{ext}"]
+        assert f"{key}.jpg" not in tokens
+        assert len(tokens[f"{key}.lqae.txt"].decode().splitlines()) == 4
+        assert json.loads(tokens[f"{key}.lqae.json"])["key"] == key
+    r = run("decode", tmp_path / "tokens" / "00000.tar", "-o", tmp_path / "images")
+    assert r.exit_code == 0, r.stderr
+    images = shard_members(tmp_path / "images" / "00000.tar")
+    assert set(images) == {n for n in tokens if ".lqae." not in n} | {f"{k}.png" for k in ("000001", "000002", LONG)}
+    assert Image.open(io.BytesIO(images[f"{LONG}.png"])).size == (16, 16)
+    assert images["000002.txt"] == b"a caption of 000002"
+
+
+def test_hostile_members_are_counted_failures_and_nothing_escapes(run, tmp_path):
+    import tarfile
+
+    src = tmp_path / "deep" / "in" / "00000.tar"
+    make_shard(src, [
+        ("good1.png", png(1)), ("good1.txt", b"one"),
+        ("../../escape.png", png(2)), ("/abs.png", png(3)), ("a/../../x.png", png(4)),
+        ("link.png", tarfile.SYMTYPE, "/etc/passwd"), ("hard.png", tarfile.LNKTYPE, "good1.png"),
+        ("pipe.png", tarfile.FIFOTYPE, ""), ("dev.png", tarfile.CHRTYPE, ""),
+        ("good2.png", png(5)),
+        ("good1.json", b"{}"),  # the key good1 comes back after good2: a duplicate
+    ])
+    out = tmp_path / "deep" / "out"
+    r = run("encode", src, "-o", out)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    assert r.exit_code == 1 and "internal error" not in r.stderr and all(len(l) <= 300 for l in errors)
+    for name, why in (("../../escape.png", "climbs out"), ("/abs.png", "absolute"), ("a/../../x.png", "climbs out"),
+                      ("link.png", "symbolic link"), ("hard.png", "hard link"), ("pipe.png", "FIFO"),
+                      ("dev.png", "device"), ("good1.json", "duplicate")):
+        assert any(name in l and why in l for l in errors), (name, r.stderr)
+    assert "converted 2, skipped 0, failed 8" in r.stderr
+    made = shard_members(out / "00000.tar")
+    assert sorted(made) == ["good1.lqae.json", "good1.lqae.txt", "good1.txt", "good2.lqae.json", "good2.lqae.txt"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["00000.tar", "00000.tar"]
+
+
+def test_a_cut_off_shard_fails_and_leaves_no_finished_output(run, tmp_path):
+    whole, cut = tmp_path / "in" / "00000.tar", tmp_path / "in" / "00001.tar"
+    make_shard(whole, [("a.png", png(1))])
+    make_shard(cut, [(f"{i}.png", png(i)) for i in range(4)])
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # cut in the middle of a member
+    out = tmp_path / "out"
+    for _ in range(2):  # a rerun does not take the cut shard for finished
+        r = run("encode", tmp_path / "in" / "*.tar", "-o", out)
+        errors = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+        assert r.exit_code == 1 and len(errors) == 1 and "00001.tar" in errors[0] and "breaks" in errors[0]
+        assert files_under(out) == ["00000.tar"]
+    assert "skipped 1" in r.stderr
+
+
+def test_a_shard_is_never_encoded_into_its_own_folder(run, tmp_path):
+    src = tmp_path / "shards" / "00000.tar"
+    make_shard(src, [("a.png", png(1))])
+    before = src.read_bytes()
+    one_error(run("encode", src, "-o", tmp_path / "shards"), "is the input shard")
+    assert src.read_bytes() == before
+
+
+# --- (E) no single item stops or hangs a batch ----------------------------------------------------
+@pytest.fixture()
+def no_hang():
+    """Fail (instead of hanging) a test that blocks for more than 60 seconds."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError("blocked: a special file was opened")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_among_the_inputs_is_counted_and_never_opened(run, tmp_path, no_hang):
+    src = tmp_path / "in"
+    write_images(src, 2)
+    os.mkfifo(src / "b.png")
+    os.mkfifo(tmp_path / "c.png")
+    os.mkfifo(tmp_path / "d.tar")
+    r = run("encode", src, tmp_path / "c.png", tmp_path / "d.tar", "-o", tmp_path / "out")
+    errors = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 3 and all("not a regular file" in l for l in errors)
+    assert "converted 2, skipped 0, failed 3" in r.stderr
+    toks = tmp_path / "toks"
+    assert run("encode", src / "img000.png", "-o", tmp_path / "one.txt").exit_code == 0
+    toks.mkdir()
+    (toks / "a.txt").write_text((tmp_path / "one.txt").read_text())
+    os.mkfifo(toks / "b.txt")
+    r = run("decode", toks, "-o", tmp_path / "pngs")
+    assert r.exit_code == 1 and "b.txt" in r.stderr and "converted 1, skipped 0, failed 1" in r.stderr
+    one_error(run("decode", toks / "b.txt", "-o", tmp_path / "x.png"), "b.txt", "not a regular file")
+
+
+def test_a_255_character_file_name_converts(run, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    name = "n" * 251 + ".png"
+    (src / name).write_bytes(png(3))
+    r = run("encode", src, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert files_under(tmp_path / "out") == ["n" * 251 + ".txt"]
+    r = run("decode", tmp_path / "out", "-o", tmp_path / "pngs")
+    assert r.exit_code == 0 and files_under(tmp_path / "pngs") == [name]
+
+
+@pytest.mark.parametrize("case", ["long-id", "deep", "pillow-size", "huge-source", "not-utf8"])
+def test_hostile_json_is_one_line_naming_the_file_and_record(run, tmp_path, case):
+    good = json.dumps({"ids": [[10] * 4] * 4}) + "\n"
+    bad = {"long-id": '{"ids": [[1' + "0" * 100_000 + "]]}\n",
+           "deep": '{"ids": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+           "pillow-size": json.dumps({"ids": [[10] * 4] * 4, "size": [100_000, 100_000]}) + "\n",
+           "huge-source": json.dumps({"ids": [[10] * 4] * 4, "source": "../" * 1000 + "x" * 5000}) + "\n",
+           "not-utf8": '{"ids": [[10, 10, 10, 10]], "source": "\udcff"}\n'}[case]
+    src = tmp_path / "h.jsonl"
+    src.write_bytes((good + bad + good).encode("utf-8", errors="surrogateescape"))
+    out = tmp_path / "out"
+    r = run("decode", src, "-o", out)
+    assert "internal error" not in r.stderr
+    errors = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    assert all(len(l) <= 300 for l in errors), errors
+    if case == "huge-source":  # a source that climbs out is not mirrored: the image gets a numbered name
+        assert r.exit_code == 0 and len(files_under(out)) == 3
+        return
+    assert r.exit_code == 1 and len(errors) == 1 and "h.jsonl" in errors[0] and "line 2" in errors[0], r.stderr
+    assert len(files_under(out)) == 2
