@@ -121,7 +121,7 @@ def run(pack_dir: Path, out_json: Path | None, images: int, device_name: str) ->
     rates = matmul_rates(device, sync)
     print("matmul (TFLOP/s, measured here): " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
     tok = build(pack_dir, device)
-    enc_flops, dec_flops = model_flops(tok)  # per image (the H200 figures in the README used 435 and 1,930 MFLOP)
+    enc_flops, dec_flops = model_flops(tok)  # per image (results/gpu-h200.json's shares used 435 and 1,930 MFLOP)
     data = np.load(pack_dir / "heldout.npz")
     result = {"device": name, "torch": torch.__version__, "matmul_tflops": rates, "words": {}, "encode": {}, "decode": {}}
     # 1. words: GPU fp32 (and bf16) against the CPU fp32 words

@@ -2,8 +2,8 @@
 
     python examples/make_examples.py --emoji-package package
 Sources: Noto emoji (Apache-2.0, emoji-datasource-google), Fashion-MNIST (MIT, Debian's
-dataset-fashion-mnist), scikit-image's 'chelsea' photo (public domain / CC0), and one
-picture drawn here.
+dataset-fashion-mnist), scikit-image's 'chelsea' photo (public domain / CC0: a 64x64 crop, and the whole
+451x300 photo as a JPEG for `--size native`), and one picture drawn here.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def main() -> None:
 
     cat = Image.fromarray(skimage.data.chelsea())
     cat.crop((100, 20, 300, 220)).resize((64, 64), Image.BICUBIC).save(HERE / "photo-cat.png")
+    cat.save(HERE / "photo-chelsea.jpg", quality=90)
     with gzip.open(a.fashion / "t10k-images-idx3-ubyte.gz") as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     Image.fromarray(images[0]).resize((64, 64), Image.BICUBIC).save(HERE / "fashion-boot.png")

@@ -2,7 +2,7 @@
 
 Decode and training only run the LM on word embeddings and read its layers' outputs. Importing
 transformers (and torch's compiler with it) and building its model took most of a decode's start
-(its first batch 4.8 s against 0.8 s for the next, README); this module is the same arithmetic
+(its first batch 4.8 s against 0.8 s for the next, benchmarks/README.md); this module is the same arithmetic
 written out. It does exactly what transformers'
 BertModel does in evaluation with an all-ones attention mask, operation by operation in the same order
 (inputs + token type 0, + positions, LayerNorm; per layer: query, key and value products, scaled

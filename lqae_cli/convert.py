@@ -596,9 +596,9 @@ def batch_lanes(device: torch.device, threads: int | None = None) -> int:
     """How many batches `encode_all` and `decode_all` work on at once. On a CPU with two or more torch
     threads, two: each lane reads, converts and writes its own batches with half the threads, so one
     lane's reading and writing (Python, one core) runs while the other's model has the cores (the
-    README's speed table has what it gains). Elsewhere one. The words are the same either way; a
+    gain is in benchmarks/README.md). Elsewhere one. The words are the same either way; a
     decoded pixel's last bits depend on the thread count, as they do between machines (about 1 in
-    100,000 8-bit values differs by 1 between one thread and two, README)."""
+    100,000 8-bit values differs by 1 between one thread and two, benchmarks/README.md)."""
     threads = threads or torch.get_num_threads()
     return 2 if device.type == "cpu" and threads >= 2 else 1
 

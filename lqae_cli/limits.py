@@ -1,7 +1,7 @@
 """The bounds on untrusted input: every size is checked against one of these before anything is allocated.
 
-Each error message names the limit it hit; the README's "Untrusted input" section lists them with the
-peak memory of the largest input they allow.
+Each error message names the limit it hit; docs/untrusted-input.md lists them with the peak memory of
+the largest input they allow.
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class Encoder(nn.Module):
         with AVX-512 kernels each image's outputs are the same numbers either way; with AVX2 kernels the
         matrix products' last bits depend on how many rows they get (they did before parts, between
         batch sizes), which the exact word search absorbs unless a vector lies within that rounding of
-        a border between two words (the README gives the held-out check)."""
+        a border between two words (benchmarks/README.md gives the held-out check)."""
         B = x.shape[0]
         if x.device.type == "cpu" and B > CPU_PART and not self.training and not torch.is_grad_enabled():
             parts = [self.layers(part, hidden) for part in x.tensor_split(-(-B // CPU_PART))]

@@ -61,7 +61,7 @@ _malloc_tuned = False
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to reuse freed memory for the next large tensor instead of returning it to the
     system and mapping (and zero-filling, page by page) fresh memory for every activation (what that costs
-    the encoder: README, "How it works"). The numbers computed are the same; only where their memory comes
+    the encoder: benchmarks/README.md). The numbers computed are the same; only where their memory comes
     from changes. Called by `load_model` and `train` on a CPU; process-wide
     and idempotent. Leaves malloc alone where it is not glibc's, or where the user tunes it already
     (MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ set). Returns whether the settings are in place."""

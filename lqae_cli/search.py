@@ -9,7 +9,7 @@ Why this way (measured on 64,000 held-out patch vectors, 21,745 codes in 8-d, 2-
 - faiss's exhaustive L2 search with k = 1 runs the distance products as BLAS blocks and keeps each row's
   minimum while the block is in cache, without writing the 21,745 scores per query that make a plain
   matrix product memory-bound: about 2 us per query, against 7-10 for scipy's k-d tree (k = 2) and 8-14
-  for the dense product with its block maxima (README: the whole search side by side with both). With
+  for the dense product with its block maxima (benchmarks/README.md: the whole search side by side with both). With
   k = 2, or a range search, faiss leaves that fused path and is slower than the tree, and a tree cannot
   go much faster in 8 dimensions: it visits many leaves.
 - What k = 1 does not give is the certainty that no other word ties or nearly ties with the one found
