@@ -462,7 +462,7 @@ def finished_jsonl_sources(path: Path) -> set[str]:
     for line in raw.decode("utf-8", errors="replace").splitlines():
         try:
             done.add(json.loads(line)["source"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # a line that is not one of our records
             continue
     return done
 

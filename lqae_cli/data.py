@@ -43,13 +43,13 @@ def open_rgb(source) -> Image.Image:
             if img.width * img.height == 0:
                 raise ImageError("image has no pixels (0x0)")
             if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"image too large ({img.width}x{img.height} pixels)")
+                raise ImageError(f"image too large ({img.width}x{img.height} pixels; the limit is {MAX_PIXELS:,}, MAX_PIXELS)")
             img.seek(0)
             img.load()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image too large ({exc.__class__.__name__})") from None
+        raise ImageError(f"image too large ({exc.__class__.__name__}; the limit is {MAX_PIXELS:,} pixels, MAX_PIXELS)") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
         raise ImageError(f"not a readable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
     if "exif" in img.info or img.format in ("JPEG", "MPO", "TIFF", "WEBP"):  # (reading EXIF imports Pillow's TIFF code)

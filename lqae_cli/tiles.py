@@ -105,16 +105,20 @@ def stitch(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return images.view(rows, cols, 3, t, t).permute(2, 0, 3, 1, 4).reshape(3, rows * t, cols * t)
 
 
-def _feather(img: torch.Tensor, tile: int, dim: int) -> torch.Tensor:
-    """Feather the borders that cross axis `dim` (2: borders between columns, 1: between rows) of (3, H, W)."""
+def _feather(img: torch.Tensor, tile: int, dim: int, in_place: bool = False) -> torch.Tensor:
+    """Feather the borders that cross axis `dim` (2: borders between columns, 1: between rows) of (3, H, W).
+    Every border's step is measured on the image as it came, before any border is changed, so changing it
+    in place gives the same numbers as changing a copy."""
     import torch.nn.functional as F
 
-    out = img.clone()
     n = img.shape[dim]
+    steps = []
     for b in range(tile, n, tile):
         before = img.narrow(dim, b - 2, 2).mean(dim)                                 # (3, length of the border)
         after = img.narrow(dim, b, min(2, n - b)).mean(dim)
-        step = F.avg_pool1d((after - before)[None], FEATHER_SMOOTH, 1, FEATHER_SMOOTH // 2, count_include_pad=False)[0]
+        steps.append((b, F.avg_pool1d((after - before)[None], FEATHER_SMOOTH, 1, FEATHER_SMOOTH // 2, count_include_pad=False)[0]))
+    out = img if in_place else img.clone()
+    for b, step in steps:
         for j in range(min(FEATHER, b, n - b)):
             w = 0.5 * (1 - (j + 0.5) / FEATHER)
             out.select(dim, b - 1 - j).add_(w * step)
@@ -122,6 +126,7 @@ def _feather(img: torch.Tensor, tile: int, dim: int) -> torch.Tensor:
     return out
 
 
-def feather_seams(img: torch.Tensor, tile: int) -> torch.Tensor:
-    """A stitched image (3, H, W) in [0, 1] with every inner tile border evened out (see the module docstring)."""
-    return _feather(_feather(img, tile, 2), tile, 1).clamp(0, 1)
+def feather_seams(img: torch.Tensor, tile: int, in_place: bool = False) -> torch.Tensor:
+    """A stitched image (3, H, W) in [0, 1] with every inner tile border evened out (see the module docstring);
+    `in_place`: in `img` itself (a large image then needs no copy of itself)."""
+    return _feather(_feather(img, tile, 2, in_place), tile, 1, in_place=True).clamp_(0, 1)

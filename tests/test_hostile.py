@@ -551,3 +551,15 @@ def test_hostile_json_is_one_line_naming_the_file_and_record(run, tmp_path, case
         return
     assert r.exit_code == 1 and len(errors) == 1 and "h.jsonl" in errors[0] and "line 2" in errors[0], r.stderr
     assert len(files_under(out)) == 2
+
+
+def test_a_pixel_bomb_is_refused_by_its_header_alone(run, tmp_path):
+    import struct
+    import zlib
+
+    data = bytearray(png(1))
+    ihdr = data.index(b"IHDR")  # width and height follow the chunk type; the CRC covers type and data
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", 30_000, 30_000)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    one_error(run("encode", tmp_path / "bomb.png"), "bomb.png", "MAX_PIXELS")
