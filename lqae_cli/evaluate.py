@@ -108,8 +108,8 @@ class FolderResult:
     files: list[Path]
     labels: list[str]
     ids: torch.Tensor           # (N, g, g)
-    features: torch.Tensor      # (N, n * D) mean-pooled LM hidden states (the n layers the decoder reads) over
-                                # the semantic words and the grid
+    features: torch.Tensor      # (N, n * D) mean-pooled LM hidden states (the n layers the decoder reads); with
+                                # semantic words (N, 2 * n * D): the LM over them and the grid, each part's mean
     pixels: torch.Tensor        # (N, 3*H*W) raw pixels, for the control probe
     psnr: torch.Tensor
     ssim: torch.Tensor
@@ -154,9 +154,14 @@ def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: i
         keep += [files[j] for j, _ in good]
         ids.append(i.cpu())
         sems.append(sem.cpu())
-        # the probe's features: the LM over all the words a reader gets, the semantic ones first
-        read = h if sem.shape[1] == 0 else model.run_lm(model.quantizer.codebook[torch.cat([sem, i.flatten(1)], 1)])
-        feats.append(read.float().mean(1).cpu())
+        # the probe's features: the LM over all the words a reader gets, the semantic ones first; the means over
+        # the semantic words and over the grid side by side
+        if sem.shape[1] == 0:
+            feats.append(h.float().mean(1).cpu())
+        else:
+            read = model.run_lm(model.quantizer.codebook[torch.cat([sem, i.flatten(1)], 1)]).float()
+            k = sem.shape[1]
+            feats.append(torch.cat([read[:, :k].mean(1), read[:, k:].mean(1)], 1).cpu())
         pix.append(x.flatten(1).cpu())
         if reconstruct:
             rec = ((model.decoder(h).float() + 1) / 2).clamp(0, 1)

@@ -266,18 +266,32 @@ class LQAE(nn.Module):
             return ids, self.semantic_ids(direction)
 
     SEMANTIC_CANDIDATES = 64  # fp32 candidates re-scored exactly per image (semantic_ids)
+    SEMANTIC_DISTINCT = 0.68  # a word whose embedding's cosine with a chosen word is above this is a near-repeat
+                              # ("device" after "devices", "cats" after "cat") and is passed over
 
     def semantic_ids(self, direction: torch.Tensor) -> torch.Tensor:
-        """Unit directions (B, D) -> the ids of the cfg.semantic_words allowed words nearest by cosine,
-        best first (B, K). Candidates come from one fp32 product; each image's are then re-scored in
-        float64 and ordered by (score, lower id), so the choice does not depend on the batch."""
+        """Unit directions (B, D) -> the ids of cfg.semantic_words allowed words, best first (B, K): the
+        words nearest by cosine, passing over near-repeats of a word already chosen. Candidates come
+        from one fp32 product; each image's are then re-scored in float64 and ordered by (score, lower
+        id), and near-repeats judged in float64, so the choice does not depend on the batch."""
         table = self.semantic_table()                                   # (A, D) unit rows, fp32
         k = min(self.cfg.semantic_words, len(table))
         cand = (direction.float() @ table.T).topk(min(self.SEMANTIC_CANDIDATES, len(table)), dim=1).indices  # (B, C)
-        exact = torch.einsum("bd,bcd->bc", direction.double(), table[cand].double())
+        rows = table[cand].double()                                     # (B, C, D)
+        exact = torch.einsum("bd,bcd->bc", direction.double(), rows)
         ids = self.quantizer.allowed_ids[cand]
-        order = torch.from_numpy(_lexsort(ids.cpu(), -exact.cpu())).to(ids.device)  # score, then lower id
-        return ids.gather(1, order[:, :k])
+        order = _lexsort(ids.cpu(), -exact.cpu())                       # score, then lower id
+        out = []
+        for b in range(len(cand)):
+            chosen: list[int] = []
+            for j in order[b].tolist():
+                if not chosen or float((rows[b, chosen] @ rows[b, j]).max()) <= self.SEMANTIC_DISTINCT:
+                    chosen.append(j)
+                    if len(chosen) == k:
+                        break
+            chosen += [j for j in order[b].tolist() if j not in chosen][:k - len(chosen)]  # too few distinct ones
+            out.append(ids[b, chosen])
+        return torch.stack(out) if out else ids[:, :k]
 
     def semantic_table(self) -> torch.Tensor:
         """The allowed words' embeddings, unit length (A, D): what semantic directions are matched to."""

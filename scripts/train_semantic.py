@@ -27,6 +27,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -174,6 +175,9 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--tag-weight", type=float, default=0.4, help="target mass of an image's tags (its name has 1)")
+    ap.add_argument("--group-weight", type=float, default=0.3, help="target mass of its group's name")
+    ap.add_argument("--teacher-weight", type=float, default=0.5, help="target mass of the classifier's top-5 classes")
     ap.add_argument("--check-every", type=int, default=5, help="print the held-out figures every N epochs")
     a = ap.parse_args()
     if a.threads:
@@ -201,10 +205,14 @@ def main() -> None:
     taught = [p for p in train if "/fashion/" not in p.as_posix()]
     key = hashlib.sha1("\n".join(map(str, train)).encode()).hexdigest()[:10]
     teacher = teacher_top5(taught, a.data / "semantic" / "teacher.json")
-    weights = {"name": 1.0, "tags": 0.4, "group": 0.4, "teacher": 0.4}
+    weights = {"name": 1.0, "tags": a.tag_weight, "group": a.group_weight, "teacher": a.teacher_weight}
     tgt = targets(train, a.data, names, teacher, classes, row_of, weights)
     keep = [i for i, t in enumerate(tgt) if t]
     train, tgt = [train[i] for i in keep], [tgt[i] for i in keep]
+    # an emoji's skin-tone variants share one base emoji's weight, so people do not outweigh everything else
+    concept = [names.get(p.relative_to(a.data).as_posix(), {}).get("short_name") or str(p) for p in train]
+    share = Counter(concept)
+    sample_weight = torch.tensor([1 / share[c] for c in concept])
     print(f"{len(train)} training images with targets", file=sys.stderr)
 
     t0 = time.time()
@@ -241,7 +249,8 @@ def main() -> None:
             pos = {int(j): k for k, j in enumerate(idx)}
             sel = torch.isin(owner, idx)
             target[torch.tensor([pos[int(o)] for o in owner[sel]]), rows[0][sel]] = rows[1][sel]
-            loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
+            w = sample_weight[idx]
+            loss = (-(target * logits.log_softmax(-1)).sum(-1) * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -254,11 +263,11 @@ def main() -> None:
             checks(epoch + 1)
             head.train()
     model.eval()
-    training = {**base.card["training"], "semantic": {
-        "script": "scripts/train_semantic.py", "init": a.init.name, "images": n, "epochs": a.epochs,
-        "batch_size": a.batch_size, "lr": a.lr, "weight_decay": a.weight_decay, "seed": a.seed,
-        "target_weights": weights, "teacher": "efficientnet-lite0 top-5", "excluded": source,
-        "minutes": round((time.time() - t_start) / 60, 1)}}
+    training = {"trained": "semantic head", "steps": steps, "batch_size": a.batch_size, "lr": a.lr,
+                "weight_decay": a.weight_decay, "seed": a.seed, "images": n, "epochs": a.epochs,
+                "wall_time_s": round(time.time() - t_start), "script": "scripts/train_semantic.py",
+                "target_weights": " ".join(f"{k} {v:g}" for k, v in weights.items()),
+                "teacher": "efficientnet-lite0 top-5", "excluded_list": source, "init": base.card["training"]}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, a.out, training, base.card["metrics"])
     print(f"wrote {a.out}", file=sys.stderr)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The eleven training phases of weights/lqae-base.safetensors, in order: nine on a CPU, then two on a GPU (weights/TRAINING.md says why each).
+# The twelve training phases of weights/lqae-base.safetensors, in order: nine on a CPU, two on a GPU, then the semantic
+# head on a CPU (weights/TRAINING.md says why each).
 # Needs data/ from scripts/build_data.py (weights/README.md, "Data"). Every phase writes a resumable
 # checkpoint: after an interruption, run this script again; finished phases are skipped and the
 # interrupted one resumes exactly.
@@ -63,4 +64,12 @@ echo "phases 1-9 done: $RUNS/lqae-base.safetensors (evaluate with: python script
 #   python scripts/gpu_retrain.py join $RUNS/gpu/p10 $RUNS/p10.safetensors
 #   python scripts/gpu_retrain.py pack --out .gpu --weights $RUNS/p10.safetensors
 #   python scripts/gpu_retrain.py run --pack .gpu --out $RUNS/gpu --tag p11 --border-weight 10 --minutes 3 --lr 1e-4 --warmup 100 --seed 13
-#   python scripts/gpu_retrain.py join $RUNS/gpu/p11 weights/lqae-base.safetensors
+#   python scripts/gpu_retrain.py join $RUNS/gpu/p11 $RUNS/p11.safetensors
+# 12: the semantic head and the excluded words on the phase-11 checkpoint (CPU; the words, the decoder and the matching
+# space stay as they are). Needs `pip install ".[teach]"` and data/semantic from scripts/build_semantic_data.py
+# (weights/README.md, "Data"). The shipped checkpoint is its output.
+if [[ -f $RUNS/p11.safetensors && ! -f $RUNS/lqae-base-semantic.safetensors ]]; then
+  echo "phase 12 -> $RUNS/lqae-base-semantic.safetensors" >&2
+  python3 scripts/train_semantic.py --init $RUNS/p11.safetensors --data $D --out $RUNS/lqae-base-semantic.safetensors \
+    --words 5 --epochs 20 --threads 1 --seed 0
+fi
