@@ -90,6 +90,28 @@ def tiny_ckpt(tmp_path_factory, tiny_lm) -> Path:
     return path
 
 
+def run_main(*args) -> tuple[int, str, str]:
+    """`lqae ARGS` in-process through the program's entry point (`lqae_cli.cli.main`, which the `lqae` script
+    and `python -m lqae_cli` run): (exit status, stdout, stderr), without a new interpreter's start."""
+    import contextlib
+    import io
+    import sys
+
+    from lqae_cli.cli import main
+
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = ["lqae", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
 def write_images(folder: Path, n: int, size: int = 20, seed: int = 0) -> list[Path]:
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)

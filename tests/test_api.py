@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import lqae_cli as lqae
-from conftest import ROOT, write_images
+from conftest import ROOT, run_main, write_images
 from lqae_cli import CheckpointError, ImageError, LQAEError, TokenError, WordGrid
 
 
@@ -213,10 +213,9 @@ def test_tensor_shapes_are_checked_against_the_config_before_loading(tmp_path, t
 
 def test_crafted_checkpoint_on_the_command_line_is_one_line(tmp_path, tiny_ckpt):
     path = crafted(tmp_path, tiny_ckpt, "huge", lambda cfg: cfg.__setitem__("enc_width", 65536))
-    p = subprocess.run([sys.executable, "-m", "lqae_cli", "encode", str(ROOT / "examples" / "emoji-cat.png"), "--weights", str(path)],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 1 and p.stdout == ""
-    assert p.stderr.count("\n") == 1 and p.stderr.startswith("Error: ") and "enc_width" in p.stderr
+    code, out, err = run_main("encode", ROOT / "examples" / "emoji-cat.png", "--weights", path)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("Error: ") and "enc_width" in err
 
 
 def test_no_private_api_of_other_packages():

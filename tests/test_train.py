@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import write_images
+from conftest import run_main, write_images
 from lqae_cli.cli import app
 
 
@@ -132,24 +132,20 @@ def test_decoder_phase_keeps_the_words_and_lowers_the_loss(folder, tiny_lm_dir, 
 
 
 def test_more_lm_layers_than_the_lm_has_is_one_line(folder, tiny_lm_dir, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "lqae_cli", *train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2,
-                                                                      "--decoder-lm-layers", "3")],
-                       capture_output=True, text=True)
-    assert p.returncode == 1 and p.stderr == "Error: decoder_lm_layers 3: the language model has 2 layers\n"
+    code, _, err = run_main(*train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--decoder-lm-layers", "3"))
+    assert code == 1 and err == "Error: decoder_lm_layers 3: the language model has 2 layers\n"
     assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_unknown_recon_loss_is_a_usage_error(folder, tiny_lm_dir, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "lqae_cli", *train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--recon-loss", "l1")],
-                       capture_output=True, text=True)
-    assert p.returncode == 2 and "--recon-loss" in p.stderr and "log_mse" in p.stderr and p.stderr.count("\n") == 1
+    code, _, err = run_main(*train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--recon-loss", "l1"))
+    assert code == 2 and "--recon-loss" in err and "log_mse" in err and err.count("\n") == 1
     assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_freeze_encoder_needs_init(folder, tiny_lm_dir, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "lqae_cli", *train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--freeze-encoder")],
-                       capture_output=True, text=True)
-    assert p.returncode == 2 and "--init" in p.stderr and p.stderr.count("\n") == 1
+    code, _, err = run_main(*train_args(folder, tmp_path / "m.safetensors", tiny_lm_dir, 2, "--freeze-encoder"))
+    assert code == 2 and "--init" in err and err.count("\n") == 1
     assert not (tmp_path / "m.safetensors").exists()
 
 
