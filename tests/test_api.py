@@ -218,6 +218,33 @@ def test_crafted_checkpoint_on_the_command_line_is_one_line(tmp_path, tiny_ckpt)
     assert err.count("\n") == 1 and err.startswith("Error: ") and "enc_width" in err
 
 
+def test_imports_run_down_the_layers():
+    """No import cycle among lqae_cli's modules, counting imports inside functions: each module imports
+    only modules below it (errors, ops, fileio at the bottom; cli at the top)."""
+    import re
+
+    modules = {p.stem for p in (ROOT / "lqae_cli").glob("*.py")}
+    graph = {}
+    for path in (ROOT / "lqae_cli").glob("*.py"):
+        deps = set()
+        for name, names in re.findall(r"^\s*from \.(\w*) import ([\w, ]+)", path.read_text(), re.M):
+            deps |= {name} if name else {n.strip() for n in names.split(",")} & modules
+        graph[path.stem] = deps - {path.stem}
+    done, stack = set(), []
+
+    def visit(module):
+        assert module not in stack, "import cycle: " + " -> ".join(stack[stack.index(module):] + [module])
+        if module not in done:
+            stack.append(module)
+            for dep in sorted(graph.get(module, ())):
+                visit(dep)
+            stack.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
 def test_no_private_api_of_other_packages():
     for module in (ROOT / "lqae_cli").glob("*.py"):
         assert "typer._" not in module.read_text(), module.name
