@@ -27,7 +27,6 @@ import math
 import re
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,17 +167,17 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--words", type=int, default=5, help="semantic words per image")
-    ap.add_argument("--depth", type=int, default=1, help="transformer blocks of the head")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--depth", type=int, default=1, help="residual MLP blocks of the head after its attention pooling")
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--tag-weight", type=float, default=0.4, help="target mass of an image's tags (its name has 1)")
-    ap.add_argument("--group-weight", type=float, default=0.3, help="target mass of its group's name")
-    ap.add_argument("--teacher-weight", type=float, default=0.5, help="target mass of the classifier's top-5 classes")
-    ap.add_argument("--check-every", type=int, default=5, help="print the held-out figures every N epochs")
+    ap.add_argument("--group-weight", type=float, default=0.4, help="target mass of its group's name")
+    ap.add_argument("--teacher-weight", type=float, default=0.4, help="target mass of the classifier's top-5 classes")
+    ap.add_argument("--check-every", type=int, default=5, help="print the validation figures every N epochs")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -209,10 +208,7 @@ def main() -> None:
     tgt = targets(train, a.data, names, teacher, classes, row_of, weights)
     keep = [i for i, t in enumerate(tgt) if t]
     train, tgt = [train[i] for i in keep], [tgt[i] for i in keep]
-    # an emoji's skin-tone variants share one base emoji's weight, so people do not outweigh everything else
-    concept = [names.get(p.relative_to(a.data).as_posix(), {}).get("short_name") or str(p) for p in train]
-    share = Counter(concept)
-    sample_weight = torch.tensor([1 / share[c] for c in concept])
+
     print(f"{len(train)} training images with targets", file=sys.stderr)
 
     t0 = time.time()
@@ -249,8 +245,7 @@ def main() -> None:
             pos = {int(j): k for k, j in enumerate(idx)}
             sel = torch.isin(owner, idx)
             target[torch.tensor([pos[int(o)] for o in owner[sel]]), rows[0][sel]] = rows[1][sel]
-            w = sample_weight[idx]
-            loss = (-(target * logits.log_softmax(-1)).sum(-1) * w).sum() / w.sum()
+            loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

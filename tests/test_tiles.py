@@ -138,8 +138,9 @@ def test_show_draws_a_legible_window_of_a_large_grid(run, tok, wide, tmp_path):
     assert rows == 1 and Image.open(out).size[0] > 0
     from lqae_cli.show import _region_row
 
-    title, inp, rec, words = _region_row(tok, "w", Image.open(wide).convert("RGB"), (0, 1))
+    title, inp, rec, words, semantic = _region_row(tok, "w", Image.open(wide).convert("RGB"), (0, 1))
     grid = tok.encode(wide, size="native")
     assert words == [row[4:12] for row in grid.words[0:8]] and inp.size == rec.size == (32, 32)
+    assert semantic == grid.semantic
     assert "tiles 0-1 x 1-2 of 2 x 3" in title
     assert run("show", wide, "--size", "native", "--region", "x", "-o", out).exit_code == 2
