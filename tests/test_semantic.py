@@ -98,7 +98,7 @@ def test_hand_edited_semantic_line_decodes_and_does_not_change_the_pixels(sem_to
     lines = grid.text.splitlines()
     edited = sem_tok.parse("[apple river]\n" + "\n".join(lines[1:]))[0]
     assert edited.semantic == ["apple", "river"] and edited.ids == grid.ids
-    a, b, c = (torch.from_numpy(np.asarray(sem_tok.decode(x))) for x in (grid, edited, "\n".join(lines[1:])))
+    a, b, c = (torch.from_numpy(np.array(sem_tok.decode(x))) for x in (grid, edited, "\n".join(lines[1:])))
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
