@@ -201,19 +201,22 @@ def state_size(cfg: LQAEConfig, lm_hidden: int) -> int:
     return encoder + decoder + quantizer + semantic
 
 
-def allowed_vocabulary(lm: LanguageModel, cfg: LQAEConfig) -> torch.Tensor:
-    """The ids an encoding may use: the vocabulary rule's words without the config's excluded words.
-    An excluded word that is not in the LM's vocabulary raises ConfigError."""
-    allowed = lm.allowed_ids(cfg.vocab_rule)
-    if not cfg.excluded_words:
-        return allowed
-    excluded = []
+def excluded_ids(lm: LanguageModel, cfg: LQAEConfig) -> list[int]:
+    """The ids of the config's excluded words. A word that is not in the LM's vocabulary raises ConfigError."""
+    out = []
     for w in cfg.excluded_words.split():
         i = lm.token_id(w)
         if i is None:
             raise ConfigError(f"config field excluded_words: '{w[:40]}' is not in the language model's vocabulary")
-        excluded.append(i)
-    return allowed[~torch.isin(allowed, torch.tensor(excluded, dtype=allowed.dtype))]
+        out.append(i)
+    return out
+
+
+def allowed_vocabulary(lm: LanguageModel, cfg: LQAEConfig) -> torch.Tensor:
+    """The ids an encoding may use: the vocabulary rule's words without the config's excluded words."""
+    allowed = lm.allowed_ids(cfg.vocab_rule)
+    excluded = excluded_ids(lm, cfg)
+    return allowed[~torch.isin(allowed, torch.tensor(excluded, dtype=allowed.dtype))] if excluded else allowed
 
 
 class LQAE(nn.Module):

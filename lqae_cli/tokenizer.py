@@ -182,7 +182,9 @@ class Tokenizer:
         """Ids of the checkpoint's excluded words (its list of words not to print): never encoded, refused
         in token input."""
         if self._excluded is None:
-            self._excluded = frozenset(self.model.lm.token_id(w) for w in self.model.cfg.excluded_words.split())
+            from .model import excluded_ids
+
+            self._excluded = frozenset(excluded_ids(self.model.lm, self.model.cfg))
         return self._excluded
 
     @property
