@@ -227,7 +227,7 @@ def info(weights: Weights = None, fmt: Annotated[ReportFormat, typer.Option("--f
     print(f"language model    {data['lm']} (fingerprint {data['lm_fingerprint']})")
     excluded = f"; {data['excluded_words']} excluded ({data['excluded_source'] or 'a list'})" if data["excluded_words"] else ""
     print(f"vocabulary        rule '{data['vocab_rule']}', {allowed if allowed is not None else '?'} allowed words{excluded}")
-    print(f"semantic words    " + (f"{data['semantic_words']} image-level words before the grid" if data["semantic_words"] else "none"))
+    print("semantic words    " + (f"{data['semantic_words']} image-level words before the grid" if data["semantic_words"] else "none"))
     print(f"precision auto    {data['auto_precision']}")
     print(f"decode auto       {data['auto_decode_precision']}")
     print(f"word search       {data['word_search']}")

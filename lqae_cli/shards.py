@@ -36,7 +36,7 @@ import torch
 
 from .convert import shorten
 from .data import IMAGE_SUFFIXES, load_image
-from .errors import ImageError, LQAEError, TokenError
+from .errors import ImageError, LQAEError
 from .limits import MAX_IMAGE_BYTES, MAX_PATTERN_NAMES, mib
 from .fileio import atomic_write
 from .tokens import WordGrid, format_grid, record
@@ -213,15 +213,24 @@ class _ShardWriter:
         self.tar.close()
 
 
-def _write_shard_stream(path: Path, fill) -> None:
-    """fill(writer) writes the members; the shard appears at `path` only when fill returns (atomic rename)."""
+def _write_shard_stream(path: Path, fill, tally, where: str) -> bool:
+    """fill(writer) writes the members; the shard appears at `path` only when fill returns (atomic rename).
+    Returns whether it was written; a damaged input or a failed write is one counted failure of `where`."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             writer = _ShardWriter(f)
             fill(writer)
             writer.close()
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except ShardDamaged as exc:
+        tally.fail(where, f"{exc}; no output shard written, run again once it is whole")
+        return False
+    except LQAEError as exc:
+        tally.fail(where, str(exc))
+        return False
+    return True
 
 
 def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, precision: str = "fp32", advance=None) -> None:
@@ -267,15 +276,8 @@ def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, pr
                 flush()
         flush()
 
-    try:
-        _write_shard_stream(out, fill)
-    except ShardDamaged as exc:
-        tally.fail(where, f"{exc}; no output shard written, run again once it is whole")
-        return
-    except LQAEError as exc:
-        tally.fail(where, str(exc))
-        return
-    tally.converted += converted[0]
+    if _write_shard_stream(out, fill, tally, where):
+        tally.converted += converted[0]
 
 
 def decode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, precision: str = "auto", advance=None) -> None:
@@ -329,15 +331,8 @@ def decode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, pr
                 flush()
         flush()
 
-    try:
-        _write_shard_stream(out, fill)
-    except ShardDamaged as exc:
-        tally.fail(where, f"{exc}; no output shard written, run again once it is whole")
-        return
-    except LQAEError as exc:
-        tally.fail(where, str(exc))
-        return
-    tally.converted += converted[0]
+    if _write_shard_stream(out, fill, tally, where):
+        tally.converted += converted[0]
 
 
 def _finished_samples(shard: Path) -> int | None:

@@ -31,7 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lqae_cli.checkpoint import load_model, save_model  # noqa: E402

@@ -122,3 +122,16 @@ def write_images(folder: Path, n: int, size: int = 20, seed: int = 0) -> list[Pa
         Image.fromarray(arr).save(p)
         paths.append(p)
     return paths
+
+
+@pytest.fixture()
+def run(tiny_ckpt, monkeypatch):
+    """`lqae ARGS...` in-process on the tiny checkpoint: run(*args, input=None) -> click's Result."""
+    from typer.testing import CliRunner
+
+    from lqae_cli.cli import app
+
+    monkeypatch.setenv("LQAE_WEIGHTS", str(tiny_ckpt))
+    monkeypatch.delenv("LQAE_DEVICE", raising=False)
+    runner = CliRunner()
+    return lambda *a, input=None: runner.invoke(app, [str(x) for x in a], input=input, catch_exceptions=False)

@@ -9,22 +9,8 @@ import os
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from conftest import write_images
-from lqae_cli.cli import app
-
-
-@pytest.fixture()
-def run(tiny_ckpt, monkeypatch):
-    monkeypatch.setenv("LQAE_WEIGHTS", str(tiny_ckpt))
-    monkeypatch.delenv("LQAE_DEVICE", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args, input=None):
-        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
-
-    return invoke
 
 
 def one_error(r, *names) -> str:

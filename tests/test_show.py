@@ -5,18 +5,9 @@ import json
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from conftest import write_images
-from lqae_cli.cli import app
 from lqae_cli.show import PAD, PANEL, TITLE, font, layout_words, sheet
-
-
-@pytest.fixture()
-def run(tiny_ckpt, monkeypatch):
-    monkeypatch.setenv("LQAE_WEIGHTS", str(tiny_ckpt))
-    runner = CliRunner()
-    return lambda *a, input=None: runner.invoke(app, [str(x) for x in a], input=input, catch_exceptions=False)
 
 
 @pytest.mark.parametrize("n", [1, 3])

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import lqae_cli as lqae
-from lqae_cli.cli import app
 from lqae_cli.tiles import tile_grid
 
 
@@ -28,13 +26,6 @@ def wide(tmp_path):
     path = tmp_path / "wide.png"
     Image.fromarray(arr).save(path)
     return path
-
-
-@pytest.fixture()
-def run(tiny_ckpt, monkeypatch):
-    monkeypatch.setenv("LQAE_WEIGHTS", str(tiny_ckpt))
-    runner = CliRunner()
-    return lambda *a, input=None: runner.invoke(app, [str(x) for x in a], input=input, catch_exceptions=False)
 
 
 def test_native_grid_is_the_tiles_side_by_side_and_each_tile_has_its_own_words(tok, wide):
