@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,7 +74,8 @@ def test_shipped_search_is_exact_on_the_real_vocabulary(method, shipped_quantize
 def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
     """Every patch of the 600 held-out photo crops (rebuilt exactly as scripts/build_data.py makes them):
     faiss with its lists, the k-d tree and the dense pass give the brute-force word, and encode gives those words
-    (in one call, and through `lqae encode DIR`)."""
+    (in one call, and through `lqae encode DIR`); no excluded word comes out, and the semantic words of
+    `lqae encode DIR` (lanes of batches) are those of one batch of 600."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_data
 
@@ -96,6 +96,11 @@ def test_shipped_search_is_exact_on_every_heldout_photo_patch(tmp_path):
     lines = sh(f"{LQAE} encode {tmp_path / 'heldout' / 'photos'} -f jsonl --quiet").stdout.decode().splitlines()
     by_source = {json.loads(line)["source"]: json.loads(line)["ids"] for line in lines}
     assert torch.equal(torch.tensor([by_source[str(f)] for f in files]).flatten(), ref)
+    # no excluded word among them, detail or semantic, and the semantic words as one batch gives them
+    semantic = {json.loads(line)["source"]: json.loads(line)["semantic_ids"] for line in lines}
+    out = set(ref.tolist()) | {i for ids in semantic.values() for i in ids}
+    assert len(tok.excluded_ids) == 119 and not out & tok.excluded_ids
+    assert tok.encode_pixels(x, semantic=True)[1].tolist() == [semantic[str(f)] for f in files]
 
 
 @pytest.mark.slow
