@@ -179,20 +179,21 @@ def run_protocol(model, tokenizer, words: list[str], labels: list[str], n_ways=(
 # --- labelled folders of images as words ------------------------------------------
 @dataclass
 class Labelled:
-    words: list[str]     # each image's words, space-separated: its semantic words, then the grid row by row
+    grid: list[str]      # each image's detail words, space-separated, row by row
     labels: list[str]    # its class, as the language model reads it (label_text)
     files: list[Path]
-    semantic: list[str] = field(default_factory=list)  # each image's semantic words alone ('' without a head)
+    semantic: list[str] = field(default_factory=list)  # each image's semantic words ('' without a head)
+
+    @property
+    def words(self) -> list[str]:
+        """Each image's words as `lqae encode` gives them: its semantic words, then the grid."""
+        return [f"{s} {g}" if s else g for s, g in zip(self.semantic, self.grid)]
 
     def part(self, which: str) -> list[str]:
         """The words of each image that a prompt shows: "all", "semantic" (the semantic line alone) or
         "grid" (the detail words alone)."""
-        if which == "all":
-            return self.words
-        if which == "semantic":
-            return self.semantic
-        if which == "grid":
-            return [w[len(s):].lstrip() if s else w for w, s in zip(self.words, self.semantic)]
+        if which in ("all", "semantic", "grid"):
+            return self.words if which == "all" else getattr(self, which)
         raise LQAEError(f"unknown word part '{which}' (all, semantic or grid)")
 
 
@@ -232,9 +233,8 @@ def encode_labelled(tok, root: Path, per_class: int | None = None, seed: int = 0
             print(f"Error: {sources[i].name}: {err}", file=sys.stderr)
         if good:
             for (i, _), grid in zip(good, tok.encode_grids(torch.stack([t for _, t in good]), [None] * len(good))):
-                semantic = " ".join(grid.semantic or [])
-                out.words.append(" ".join([semantic] * bool(semantic) + [w for row in grid.words for w in row]))
-                out.semantic.append(semantic)
+                out.grid.append(" ".join(w for row in grid.words for w in row))
+                out.semantic.append(" ".join(grid.semantic or []))
                 out.labels.append(label_text(class_of(files[i], root)))
                 out.files.append(files[i])
         if progress:
@@ -247,10 +247,11 @@ def few_shot_prompt(tok, labelled: Labelled, query, shots: int = 1, induction: b
     then the query image's words."""
     rng = random.Random(seed)
     classes = sorted(set(labelled.labels))
+    words = labelled.words
     support = []
     for c in classes:
         idx = [i for i, l in enumerate(labelled.labels) if l == c]
-        support += [(labelled.words[i], c) for i in rng.sample(idx, min(shots, len(idx)))]
+        support += [(words[i], c) for i in rng.sample(idx, min(shots, len(idx)))]
     rng.shuffle(support)
     grid = tok.encode(query)
     q = " ".join((grid.semantic or []) + [w for row in grid.words for w in row])

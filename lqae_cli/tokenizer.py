@@ -22,7 +22,7 @@ from PIL import Image
 
 from .data import to_uint8
 from .errors import CheckpointError, ImageError, LQAEError, TokenError
-from .tokens import FORMATS, WordGrid, format_grid, parse_tokens
+from .tokens import FORMATS, Vocabulary, WordGrid, format_grid, parse_tokens
 
 WEIGHTS_ENV, DEVICE_ENV = "LQAE_WEIGHTS", "LQAE_DEVICE"
 DEFAULT_NAME = "lqae-base"
@@ -224,12 +224,7 @@ class Tokenizer:
         use (unknown, special, or outside its vocabulary rule) raises TokenError."""
         if isinstance(words, (list, tuple)):
             return [self.words_to_ids(w) for w in words]
-        i = self.model.lm.token_id(str(words))
-        if i is not None and i in self.excluded_ids:
-            raise TokenError(f"'{words}' is excluded from the checkpoint's vocabulary (its list of words not to print)")
-        if i is None or i not in self.allowed_ids:
-            raise TokenError(f"'{words}' is not in the checkpoint's allowed vocabulary")
-        return i
+        return self.vocabulary.word(str(words))
 
     def grid(self, ids, source: str | None = None) -> WordGrid:
         """A WordGrid from a (grid, grid) nested list or tensor of ids or words (checked against the vocabulary)."""
@@ -239,6 +234,11 @@ class Tokenizer:
         """Token text in any format `format` writes (text, ids, json, jsonl; detected) -> word grids.
         Raises TokenError naming the line for an unknown word or a grid of the wrong size."""
         return parse_tokens(text, self.vocab, self.model.lm.token_id, self.allowed_ids, self.grid_size, self.excluded_ids)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The checks token input goes through (`lqae_cli.tokens.Vocabulary`)."""
+        return Vocabulary(self.vocab, self.model.lm.token_id, self.allowed_ids, self.excluded_ids)
 
     def format(self, grid: WordGrid, fmt: str = "text") -> str:
         """One grid as text ("text": words, one line per token row), "ids", "json" or "jsonl" (one line)."""
@@ -467,12 +467,10 @@ class Tokenizer:
         if not rows or len(rows) % g or width % g or any(len(r) != width for r in rows):
             raise TokenError(f"{where}: expected {g}x{g} tokens, or equally long rows of whole {g}x{g} tiles; "
                              f"got rows of {[len(r) for r in rows][:g + 1]}")
-        ids = [[v if isinstance(v, int) else self.words_to_ids(v) for v in row] for row in rows]
-        if semantic is not None:
-            semantic = [v if isinstance(v, int) else self.words_to_ids(v) for v in semantic]
-        for i in [i for row in ids for i in row] + list(semantic or []):
-            if i not in self.allowed_ids:
-                raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
+        vocabulary = self.vocabulary
+        one = lambda v: vocabulary.id(v, where) if isinstance(v, int) else vocabulary.word(v, where)
+        ids = [[one(v) for v in row] for row in rows]
+        semantic = None if semantic is None else [one(v) for v in semantic]
         return WordGrid.from_ids(ids, self.vocab, source, pixel_size, semantic)
 
 

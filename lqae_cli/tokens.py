@@ -101,29 +101,32 @@ def parse_tokens(text: str, vocab: list[str], token_id, allowed: set[int], grid:
         raise TokenError("empty token input")
     stripped = text.lstrip()
     parse = _parse_json if stripped.startswith("{") else _parse_plain
-    vocabulary = _Vocabulary(vocab, token_id, allowed, excluded)
+    vocabulary = Vocabulary(vocab, token_id, allowed, excluded)
     return [WordGrid.from_ids(ids, vocab, source, size, semantic) for ids, source, size, semantic in parse(text, vocabulary, grid)]
 
 
-class _Vocabulary:
-    """Word and id checks with the messages a person editing a token file needs."""
+class Vocabulary:
+    """A checkpoint's words as token input may use them: word and id checks with the messages a person
+    editing a token file needs (`where`, when given, leads the message: "line 4")."""
 
     def __init__(self, vocab: list[str], token_id, allowed: set[int], excluded: frozenset[int]):
         self.vocab, self.token_id, self.allowed, self.excluded = vocab, token_id, allowed, excluded
 
-    def word(self, w: str, where: str) -> int:
+    def word(self, w: str, where: str | None = None) -> int:
         i = self.token_id(w)
+        at = f"{where}: " if where else ""
         if i is not None and i in self.excluded:
-            raise TokenError(f"{where}: '{w[:40]}' is excluded from the checkpoint's vocabulary (its list of words not to print)")
+            raise TokenError(f"{at}'{w[:40]}' is excluded from the checkpoint's vocabulary (its list of words not to print)")
         if i is None or i not in self.allowed:
-            raise TokenError(f"{where}: '{w[:40]}' is not in the checkpoint's allowed vocabulary")
+            raise TokenError(f"{at}'{w[:40]}' is not in the checkpoint's allowed vocabulary")
         return i
 
-    def id(self, i: int, where: str) -> int:
+    def id(self, i: int, where: str | None = None) -> int:
+        at = f"{where}: " if where else ""
         if i in self.excluded:
-            raise TokenError(f"{where}: id {i} ('{self.vocab[i]}') is excluded from the checkpoint's vocabulary")
+            raise TokenError(f"{at}id {i} ('{self.vocab[i]}') is excluded from the checkpoint's vocabulary")
         if i not in self.allowed:
-            raise TokenError(f"{where}: id {i} is not in the checkpoint's allowed vocabulary")
+            raise TokenError(f"{at}id {i} is not in the checkpoint's allowed vocabulary")
         return i
 
 
@@ -154,7 +157,7 @@ def _shape(rows: list[tuple[str, list[int]]], grid: int, where: str) -> list[lis
     return [row for _, row in rows]
 
 
-def _parse_json(text: str, vocabulary: "_Vocabulary", grid) -> list[tuple]:
+def _parse_json(text: str, vocabulary: "Vocabulary", grid) -> list[tuple]:
     objs, pos, decoder = [], 0, json.JSONDecoder()
     while True:  # one object, JSON Lines, or pretty objects one after another
         while pos < len(text) and text[pos].isspace():
@@ -213,7 +216,7 @@ def _pixel_size(size, where: str) -> tuple[int, int] | None:
     return size[0], size[1]
 
 
-def _parse_plain(text: str, vocabulary: "_Vocabulary", grid) -> list[tuple]:
+def _parse_plain(text: str, vocabulary: "Vocabulary", grid) -> list[tuple]:
     """Text or ids; blank lines separate images; a block's first line may be its semantic line."""
     blocks: list[list[tuple[int, str]]] = [[]]
     for n, line in enumerate(text.splitlines(), 1):
