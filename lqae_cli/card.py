@@ -7,7 +7,7 @@ from __future__ import annotations
 
 PHASE_KEYS = {"step", "steps", "images_seen", "world_size", "device", "precision", "wall_time_s", "data", "lr",
               "batch_size", "mask_ratio", "trained", "grown", "checkpoint", "init", "gpu_retrain", "seed",
-              "preset", "smooth_share"}
+              "preset", "smooth_share", "mask_policy"}
 RETRAIN_KEYS = {"script", "device", "batch_size", "lr", "border_weight", "mask_ratio", "whole_steps", "decoder_steps",
                 "whole_seconds", "decoder_seconds", "images_seen", "seed"}
 
@@ -36,7 +36,9 @@ def _phase(record: dict) -> str:
         parts.append(f"batch {record['batch_size']}")
     if "lr" in record:
         parts.append(f"lr {_number(record['lr'])}")
-    if record.get("mask_ratio"):
+    if record.get("mask_policy") == "detail":
+        parts.append("detail masks")
+    elif record.get("mask_ratio"):
         parts.append(f"mask {_number(record['mask_ratio'])}")
     if record.get("smooth_share"):
         parts.append(f"smooth share {_number(record['smooth_share'])}")

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import DEFAULT_LM, PRESETS, RECON_LOSSES, VOCAB_RULES, TrainArgs
+from .config import DEFAULT_LM, MASK_POLICIES, PRESETS, RECON_LOSSES, VOCAB_RULES, TrainArgs
 from .errors import LQAEError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,6 +27,7 @@ DecodePrecision = Enum("DecodePrecision", {p: p for p in ("auto", "fp32", "bf16"
 Preset = Enum("Preset", {p: p for p in PRESETS}, type=str)
 VocabRule = Enum("VocabRule", {r: r for r in VOCAB_RULES}, type=str)
 ReconLoss = Enum("ReconLoss", {r: r for r in RECON_LOSSES}, type=str)
+MaskPolicy = Enum("MaskPolicy", {r: r for r in MASK_POLICIES}, type=str)
 WordPart = Enum("WordPart", {p: p for p in ("all", "semantic", "grid")}, type=str)
 TRAIN = TrainArgs(data=[], out=Path())  # the defaults of `lqae train`, written once (config.TrainArgs)
 
@@ -117,7 +118,8 @@ def encode(
     batch_size: BatchSize = 64,
     workers: Workers = None,
     skip_existing: Annotated[bool, typer.Option(help="skip inputs whose output already exists")] = True,
-    size: Annotated[Optional[str], typer.Option(help="64 (the checkpoint's size, the default): one tile of words per image; N (a multiple of it): the longer side scaled to N pixels, aspect kept, covered by tiles; native: every pixel, covered by tiles")] = None,
+    size: Annotated[str, typer.Option(help="auto (the default): aspect kept, the longer side scaled to the nearest of 64, 128, 192 or 256 pixels (a square image up to 96 px: one 64x64 tile); 64 (the checkpoint's size): squashed into one tile; N (a multiple of it): the longer side scaled to N pixels; native: every pixel. Beyond one tile the image is covered by tiles")] = "auto",
+    words: Annotated[str, typer.Option(help="words kept per tile: all (the default), K (the K most detailed; the others are written '_' and filled in by decode) or auto (as many as each tile needs: its decode within 0.5 dB of all words)")] = "all",
     precision: Annotated[Precision, typer.Option(help="fp32: the reference words, identical on every run and batch size; bf16: the encoder in bf16, about 1 word in 80 differs; auto: bf16 where it is native and faster here (lqae info says)")] = Precision.fp32,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
 ):
@@ -127,6 +129,7 @@ def encode(
     from .distributed import setup_ranks, shard_of
     from .runtime import freeze_gc, reading_workers, stderr_console
     from .shards import convert_shards, shard_paths
+    from .keep import parse_words
     from .tiles import parse_size
     from .tokenizer import load
 
@@ -147,17 +150,19 @@ def encode(
     tok = load(weights, ranks.device)
     freeze_gc()
     size = parse_size(size, tok.image_size)
-    if shards and size is not None:
-        raise LQAEError("--size with tar shards is not supported yet: shards are encoded at the checkpoint's size")
+    words = parse_words(words, tok.grid_size ** 2)
+    if shards and size not in (None, "auto"):
+        raise LQAEError("tar shards are encoded with --size auto or the checkpoint's size; give one of those")
     sources, shards = shard_of(sources, ranks), shard_of(shards, ranks)
-    tiled = size is not None  # then the bar counts tiles: one image can have thousands
+    tiled = size not in (None, "auto")  # then the bar counts tiles: one image can have thousands
     with interrupt_summary(tally), progress_for(console, None if tiled else len(sources), "encode", not quiet,
                                                 "tiles" if tiled else "img") as (_, advance):
         convert_shards(tok, shards, dest.path, tally, batch_size=batch_size, precision=precision.value,
-                       skip_existing=skip_existing)
+                       skip_existing=skip_existing, size=size, words=words)
         encode_all(tok, sources, dest, out_format, batch_size=batch_size,
                    workers=reading_workers(workers, tok.device), skip_existing=skip_existing, precision=precision.value,
-                   size=size, advance=None if tiled else advance, tile_progress=advance if tiled else None, tally=tally)
+                   size=size, words=words, advance=None if tiled else advance, tile_progress=advance if tiled else None,
+                   tally=tally)
     finish(tally, console, dest, ranks)
 
 
@@ -254,6 +259,7 @@ def train(
     image_size: Annotated[int, typer.Option(min=4, help="image size in pixels")] = TRAIN.image_size,
     patch_size: Annotated[int, typer.Option(min=1, help="pixels per token side")] = TRAIN.patch_size,
     mask_ratio: Annotated[float, typer.Option(min=0.0, max=0.95, help="share of tokens masked before the LM")] = TRAIN.mask_ratio,
+    mask_policy: Annotated[MaskPolicy, typer.Option(help="which tokens training masks: 'random' (--mask-ratio of them) or 'detail': a random number of each image's least detailed ones, so that `encode --words` grids decode well")] = MaskPolicy(TRAIN.mask_policy),
     recon_loss: Annotated[ReconLoss, typer.Option(help="'mse' over the batch, or 'log_mse': mean per-image log MSE (weighs smooth images like busy ones)")] = ReconLoss(TRAIN.recon_loss),
     smooth_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of training images replaced by a smoothed copy (shrunk to k x k, enlarged back)")] = TRAIN.smooth_share,
     lm: Annotated[str, typer.Option(help="language model: the packaged default, a local folder, or a hub id when LQAE_ALLOW_HUB=1 is set")] = DEFAULT_LM,
@@ -290,7 +296,7 @@ def train(
         n = sum(len(list_images(d)) for d in data)
         steps = max(1, round(epochs * n / (batch_size * int(os.environ.get("WORLD_SIZE", 1)))))
     args = TrainArgs(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, preset=model_preset.value,
-                     image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, recon_loss=recon_loss.value,
+                     image_size=image_size, patch_size=patch_size, mask_ratio=mask_ratio, mask_policy=mask_policy.value, recon_loss=recon_loss.value,
                      smooth_share=smooth_share, lm=lm, vocab_rule=vocab_rule.value, seed=seed,
                      device=device or os.environ.get("LQAE_DEVICE", "auto"), precision=precision.value, workers=workers,
                      val=val, val_every=val_every, log_every=log_every, save_every=save_every, sample_every=sample_every,
@@ -313,6 +319,7 @@ def eval_cmd(
     save_grid: Annotated[Optional[Path], typer.Option("--save-grid", help="PNG of samples: input | reconstruction | thumbnail codec")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="evaluate an evenly spaced subset of this many images")] = None,
     size: Annotated[Optional[str], typer.Option(help="evaluate whole images at this size (N or native, as for encode): PSNR beside the matching shrink-and-enlarge codec")] = None,
+    words: Annotated[Optional[str], typer.Option(help="rate and distortion: PSNR with K words kept per image (as encode --words), for each of a comma list of counts and 'auto' ('table': 8,16,24,32,48,64,auto), beside the best thumbnail codec within the same bits")] = None,
     batch_size: BatchSize = 64,
     workers: Workers = None,
     weights: Weights = None, device: Device = None, quiet: Quiet = False,
@@ -331,6 +338,16 @@ def eval_cmd(
         raise LQAEError(f"no such folder: {data}")
     console = stderr_console(quiet)
     tok = load(weights, device)
+    if words is not None:
+        from .evaluate import format_rate_report, parse_word_counts, rate_distortion
+
+        counts = parse_word_counts(words, tok.grid_size ** 2)
+        with progress_for(console, count_images(data, None, None, limit), "eval", not quiet) as (_, advance):
+            report, failed = rate_distortion(tok, data, counts, limit, batch_size, progress=advance)
+        for line in failed:
+            print(f"Error: {line}", file=sys.stderr)
+        print(json.dumps(report, indent=1) if fmt is ReportFormat.json else format_rate_report(report))
+        return
     if size is not None:
         from .evaluate import evaluate_at_size, format_size_report
 

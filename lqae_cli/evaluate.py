@@ -317,3 +317,107 @@ def format_size_report(r: dict) -> str:
                       f"reconstruction    PSNR {r['psnr']:.2f} dB",
                       f"codec             PSNR {r['codec_psnr']:.2f} dB  ({r['codec']})",
                       f"gain              {r['psnr_gain_db']:+.2f} dB"])
+
+
+# --- words kept: rate and distortion ----------------------------------------------
+RD_WORDS = (8, 16, 24, 32, 48, 64)
+
+
+def parse_word_counts(value: str, tokens: int) -> list:
+    """"8,16,auto" -> [8, 16, "auto"]; "all" -> [tokens]. Raises ConfigError for a bad count."""
+    from .errors import ConfigError
+    from .keep import parse_words
+
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        if part == "table":
+            out += [k for k in RD_WORDS if k <= tokens] + ["auto"]
+            continue
+        k = parse_words(part, tokens)
+        if k is None and part not in ("all", str(tokens)):
+            raise ConfigError(f"words '{part}': give numbers of words, 'auto', 'all' or 'table'")
+        out.append(tokens if k is None else k)
+    if not out:
+        raise ConfigError("words: give at least one count")
+    return list(dict.fromkeys(out))
+
+
+def word_bits(k: int, tokens: int, vocabulary: int) -> float:
+    """Bits of a grid keeping k of `tokens` words: each word one of `vocabulary`, plus which positions hold one."""
+    return k * math.log2(vocabulary) + (math.log2(math.comb(tokens, k)) if 0 < k < tokens else 0.0)
+
+
+def quantized_thumbnail(images: torch.Tensor, side: int, bits: int) -> torch.Tensor:
+    """The thumbnail codec at a bit budget: (B, 3, S, S) in [0, 1] -> shrunk to side x side (area average),
+    each channel rounded to `bits` bits, enlarged back (bicubic, Pillow): 3 * bits * side^2 bits per image."""
+    S = images.shape[-1]
+    small = F.adaptive_avg_pool2d(images.float(), side)
+    levels = 2 ** bits - 1
+    small = (small * levels).round() / levels
+    return torch.stack([to_tensor(to_pil(t).resize((S, S), Image.BICUBIC)) for t in small])
+
+
+def rate_distortion(tok, data: Path, counts: list, limit: int | None = None, batch_size: int = 64,
+                    progress=None) -> tuple[dict, list[str]]:
+    """Every image of a folder at the checkpoint's size, kept to each word count in `counts` (numbers, or
+    "auto" as `encode --words auto`): mean PSNR of the decodes, mean words kept, bits per image, and beside
+    each count the best thumbnail codec (`quantized_thumbnail`, side 1-16, 2-8 bits per channel) that takes
+    no more bits, by mean PSNR over the folder. Returns the report and the images that could not be read."""
+    from .keep import detail_scores, keep_order, masked, auto_keep
+
+    files = list_images(data, limit)
+    sources = [Source(name=str(f), path=f) for f in files]
+    S, T, mask_id = tok.image_size, tok.grid_size ** 2, tok.model.lm.mask_id
+    vocabulary = len(tok.allowed_ids)
+    decode = lambda ids: tok.decode_ids(ids, "fp32").cpu()
+    scores = {k: [] for k in counts}
+    kept = {k: [] for k in counts}
+    images, failed = [], []
+    for batch in image_batches(sources, S, batch_size, 0):
+        good, bad = split_loaded(batch)
+        failed += [f"{sources[i].name}: {err}" for i, err in bad]
+        if progress:
+            progress(len(batch))
+        if not good:
+            continue
+        x = torch.stack([t for _, t in good])
+        images.append(x)
+        ids = tok.encode_pixels(x).cpu()
+        order = keep_order(detail_scores(x, tok.config.patch_size))
+        for k in counts:
+            keep = auto_keep(x, ids, order, mask_id, decode) if k == "auto" else torch.full((len(x),), k)
+            scores[k].append(psnr(decode(masked(ids, keep, order, mask_id)), x))
+            kept[k].append(keep.float())
+    if not images:
+        raise LQAEError(f"no readable images under {data}")
+    x = torch.cat(images)
+    codecs = {}
+    for side in range(1, 17):
+        for b in range(2, 9):
+            codecs[(side, b)] = (3 * b * side * side, float(psnr(quantized_thumbnail(x, side, b), x).mean()))
+    rows = []
+    for k in counts:
+        words = float(torch.cat(kept[k]).mean())
+        bits = float(torch.tensor([word_bits(int(n), T, vocabulary) for n in torch.cat(kept[k]).tolist()]).mean())
+        fits = [(p, side, b, cb) for (side, b), (cb, p) in codecs.items() if cb <= bits]
+        best = max(fits) if fits else None
+        rows.append({"words": k, "mean_words": words, "bits": bits, "psnr": float(torch.cat(scores[k]).mean()),
+                     "codec": None if best is None else {"side": best[1], "bits_per_channel": best[2], "bits": best[3], "psnr": best[0]}})
+    thumb8 = codecs[(tok.grid_size, 4)]
+    return {"data": str(data), "images": len(x), "failed": len(failed), "checkpoint": tok.name, "tokens": T,
+            "vocabulary": vocabulary, "rows": rows,
+            "thumbnail_8x8_4bit": {"bits": thumb8[0], "psnr": thumb8[1]}}, failed
+
+
+def format_rate_report(r: dict) -> str:
+    lines = [f"data              {r['data']}  ({r['images']} images, {r['failed']} unreadable)",
+             f"words kept  mean words  bits/image  PSNR lqae  | best thumbnail codec within those bits",]
+    for row in r["rows"]:
+        c = row["codec"]
+        codec = "none fits" if c is None else f"{c['side']}x{c['side']} px, {c['bits_per_channel']} bits/channel ({c['bits']} bits): {c['psnr']:.2f} dB"
+        lines.append(f"{str(row['words']):>10}  {row['mean_words']:10.1f}  {row['bits']:10.0f}  {row['psnr']:6.2f} dB  | {codec}")
+    t = r["thumbnail_8x8_4bit"]
+    lines.append(f"thumbnail {int(math.sqrt(r['tokens']))}x{int(math.sqrt(r['tokens']))} px at 4 bits/channel: "
+                 f"{t['bits']} bits, {t['psnr']:.2f} dB")
+    return "\n".join(lines)

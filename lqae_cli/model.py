@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .lm import LanguageModel
 from .ops import gelu, residual
 from .quantizer import WordQuantizer, usage_stats
+from .stitch import Stitcher
 
 
 ENCODE_PRECISIONS = ("fp32", "bf16")
@@ -198,7 +199,9 @@ def state_size(cfg: LQAEConfig, lm_hidden: int) -> int:
     mlp = lambda w: 2 * w + (w + 1) * 4 * w + (4 * w + 1) * w
     semantic = (ew + 2 * ew + (ew + 1) * 2 * ew + (ew + 1) * ew + cfg.semantic_depth * mlp(ew) + 2 * ew
                 + (ew + 1) * lm_hidden + 1) if cfg.semantic_words else 0
-    return encoder + decoder + quantizer + semantic
+    c, k = cfg.stitch_channels, 2 * cfg.stitch_channels
+    stitch = (46 * k + 3 * (9 * k * k + k) + 27 * k + 3) + (46 * c + 2 * (9 * c * c + c) + 27 * c + 3) if c else 0
+    return encoder + decoder + quantizer + semantic + stitch
 
 
 def excluded_ids(lm: LanguageModel, cfg: LQAEConfig) -> list[int]:
@@ -233,6 +236,7 @@ class LQAE(nn.Module):
         self.quantizer.codes_cache_key = f"{lm.fingerprint}/{cfg.vocab_rule}/{cfg.excluded_words}"  # refresh_codes' cache
         self.decoder = Decoder(cfg, lm.hidden_size)
         self.semantic = SemanticHead(cfg, lm.hidden_size) if cfg.semantic_words else None
+        self.stitcher = Stitcher(cfg.stitch_channels, cfg.patch_size, cfg.image_size) if cfg.stitch_channels else None
         self.register_buffer("mask_embed", lm.word_embeddings[lm.mask_id].clone(), persistent=False)
         self.register_buffer("frame_embeds", lm.word_embeddings[[lm.cls_id, lm.sep_id]].clone(), persistent=False)
 
@@ -319,8 +323,8 @@ class LQAE(nn.Module):
         x = images * 2 - 1
         q = self.quantizer(self.encoder(x))
         embeds = q.embeds
-        if self.training and self.cfg.mask_ratio > 0:
-            embeds = self.apply_mask(embeds)
+        if self.training and self.masks_in_training:
+            embeds = self.apply_mask(embeds, images)
         recon = self.decoder(self.run_lm(embeds)).float()
         recon_loss, mse = reconstruction_loss(recon, x, self.cfg.recon_loss)
         loss = (recon_loss + self.cfg.commit_weight * q.commit_loss + self.cfg.entropy_weight * q.entropy_loss
@@ -367,8 +371,8 @@ class LQAE(nn.Module):
         with torch.no_grad():
             ids = self.encode(images).flatten(1)
             embeds = self.quantizer.codebook[ids]
-            if self.training and self.cfg.mask_ratio > 0:
-                embeds = self.apply_mask(embeds)
+            if self.training and self.masks_in_training:
+                embeds = self.apply_mask(embeds, images)
             hidden = self.run_lm(embeds)
         recon = self.decoder(hidden).float()
         loss, mse = reconstruction_loss(recon, x, self.cfg.recon_loss)
@@ -378,13 +382,31 @@ class LQAE(nn.Module):
                 "recon": ((recon.detach() + 1) / 2).clamp(0, 1), **usage_stats(ids)}
 
     # --- pieces ---------------------------------------------------------------
-    def apply_mask(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Replace exactly round(mask_ratio * T) random positions per sequence by the mask token."""
+    @property
+    def masks_in_training(self) -> bool:
+        return self.cfg.mask_policy == "detail" or self.cfg.mask_ratio > 0
+
+    DETAIL_FULL_SHARE = 0.25  # "detail" policy: the share of images that keep all their words
+    DETAIL_MIN_KEEP = 4       # "detail" policy: the fewest words an image keeps
+
+    def apply_mask(self, embeds: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace positions by the mask token. Policy "random": exactly round(mask_ratio * T) random
+        positions per sequence. "detail" (needs `images`, (B, 3, H, W) in [0, 1]): each image keeps its
+        K most detailed words (keep.py), K uniform in [DETAIL_MIN_KEEP, T) for three images in four, all
+        of them for the rest."""
         B, T, _ = embeds.shape
-        n = round(self.cfg.mask_ratio * T)
-        order = torch.rand(B, T, device=embeds.device).argsort(dim=1)
-        masked = torch.zeros(B, T, dtype=torch.bool, device=embeds.device)
-        masked.scatter_(1, order[:, :n], True)
+        if self.cfg.mask_policy == "detail":
+            from .keep import detail_scores, keep_masks, keep_order
+
+            order = keep_order(detail_scores(images.detach().float().cpu(), self.cfg.patch_size)).to(embeds.device)
+            keep = torch.randint(min(self.DETAIL_MIN_KEEP, T), T, (B,), device=embeds.device)
+            keep = torch.where(torch.rand(B, device=embeds.device) < self.DETAIL_FULL_SHARE, T, keep)
+            masked = ~keep_masks(order, keep)
+        else:
+            n = round(self.cfg.mask_ratio * T)
+            order = torch.rand(B, T, device=embeds.device).argsort(dim=1)
+            masked = torch.zeros(B, T, dtype=torch.bool, device=embeds.device)
+            masked.scatter_(1, order[:, :n], True)
         return torch.where(masked.unsqueeze(-1), self.mask_embed.to(embeds.dtype), embeds)
 
     def run_lm(self, embeds: torch.Tensor) -> torch.Tensor:

@@ -35,10 +35,11 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from .convert import shorten
-from .data import IMAGE_SUFFIXES, load_image
+from .data import IMAGE_SUFFIXES
 from .errors import ImageError, LQAEError
 from .limits import MAX_IMAGE_BYTES, MAX_PATTERN_NAMES, mib
 from .fileio import atomic_write
+from .tiles import prepare_image
 from .tokens import WordGrid, format_grid, record
 
 SHARD_SUFFIX = ".tar"
@@ -233,7 +234,8 @@ def _write_shard_stream(path: Path, fill, tally, where: str) -> bool:
     return True
 
 
-def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, precision: str = "fp32", advance=None) -> None:
+def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, precision: str = "fp32", advance=None,
+                 size="auto", words=None) -> None:
     """One image shard -> one token shard at `out`: every member but the image, unchanged, then the sample's
     words as `KEY.lqae.txt` and its record as `KEY.lqae.json`. A sample whose image is missing or unreadable
     is a counted failure and all its members pass through. A shard that breaks before its end is one
@@ -242,19 +244,19 @@ def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, pr
     converted = [0]
 
     def fill(writer: _ShardWriter) -> None:
-        pending: list[tuple[Sample, torch.Tensor | None]] = []
+        pending: list[tuple[Sample, object]] = []  # (sample, its prepared image or None)
 
         def flush() -> None:
             ready = [(s, t) for s, t in pending if t is not None]
-            grids = iter(tok.encode_grids(torch.stack([t for _, t in ready]), [f"{where}/{s.image.name}" for s, _ in ready],
-                                          precision) if ready else [])
+            grids = iter(tok.encode_prepared([t for _, t in ready], [f"{where}/{s.image.name}" for s, _ in ready], size,
+                                             precision, words, batch_size) if ready else [])
             for s, t in pending:
                 for m in s.members:
                     if t is None or m is not s.image:
                         writer.add(m)
                 if t is not None:
                     grid = next(grids)
-                    rec = {"key": s.key, **record(grid, tok.name, tok.lm_fingerprint)}
+                    rec = {"key": s.key, **record(grid, tok.name, tok.lm_fingerprint, tok.image_size)}
                     writer.add(Member(f"{s.key}.{WORDS}.txt", format_grid(grid, "text").encode()))
                     writer.add(Member(f"{s.key}.{WORDS}.json", (json.dumps(rec, ensure_ascii=False) + "\n").encode()))
             converted[0] += len(ready)
@@ -268,7 +270,7 @@ def encode_shard(tok, shard: Path, out: Path, tally, *, batch_size: int = 64, pr
                 tally.fail(f"{where}/{shorten(s.key, 80)}", "sample has no image member")
             else:
                 try:
-                    tensor = load_image(io.BytesIO(s.image.data), tok.image_size)
+                    tensor = prepare_image(io.BytesIO(s.image.data), size, tok.image_size)
                 except ImageError as exc:
                     tally.fail(f"{where}/{shorten(s.image.name, 80)}", str(exc))
             pending.append((s, tensor))

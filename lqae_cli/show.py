@@ -101,7 +101,7 @@ def contact_sheet(tok, images: list, tokens: str | None = None, size=None, regio
                   ) -> tuple[Image.Image, int]:
     """A sheet with one row per image (input | reconstruction | its words) and, with `tokens` (a token
     file or '-'), one row per grid in it (its reconstruction | its words). Returns (sheet, rows).
-    With `size` (as for encode), a large image is shown as a window of REGION_TILES x REGION_TILES tiles:
+    With `size` (as for encode; None is "auto"), an image of several tiles is shown as a window of REGION_TILES x REGION_TILES tiles:
     the one whose top-left tile is `region` (tile row, tile column), else the one at the image's centre."""
     from .convert import Tally, read_token_inputs
     from .tiles import fit, parse_size
@@ -110,8 +110,10 @@ def contact_sheet(tok, images: list, tokens: str | None = None, size=None, regio
     rows = []
     for image in images:
         if size is not None:
-            rows.append(_region_row(tok, str(image), fit(tok.rgb(image), size), region))
-            continue
+            img = fit(tok.rgb(image), size, tok.image_size)
+            if size != "auto" or img.size != (tok.image_size, tok.image_size):
+                rows.append(_region_row(tok, str(image), img, region))
+                continue
         x = tok.pixels(image)
         grid = tok.encode(to_pil(x))
         rows.append((str(image), to_pil(x), tok.decode(grid), grid.words, grid.semantic))

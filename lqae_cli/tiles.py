@@ -1,8 +1,10 @@
 """Images of any size: covered by tiles of the checkpoint's size, each tile encoded on its own.
 
-`--size 64` (the checkpoint's size, the default) squashes the whole image into one tile, as ever.
-`--size N` (a multiple of it) scales the image so that its longer side is N pixels, keeping the aspect
-ratio; `--size native` keeps every pixel. The image is then padded on the right and bottom to whole
+`--size auto` (the default) keeps the aspect ratio and scales the longer side to the nearest whole
+number of tiles from one to AUTO_MAX_TILES (`auto_size`): a square image of up to 96 pixels becomes the
+one 64x64 tile it always was, a photo becomes up to 4x4 tiles. `--size 64` (the checkpoint's size)
+squashes the whole image into one tile. `--size N` (a multiple of it) scales the image so that its
+longer side is N pixels, keeping the aspect ratio; `--size native` keeps every pixel. The image is then padded on the right and bottom to whole
 tiles by repeating its edge pixels (so a tile that overhangs the image sees a continuation of it, not
 a black bar), cut into tiles row by row, and each tile becomes the grid x grid words it gets when
 encoded alone. The word grid is the tiles side by side; decoding puts the decoded tiles side by side
@@ -27,9 +29,15 @@ FEATHER = 3          # pixels on each side of a tile border that are ramped towa
 FEATHER_SMOOTH = 5   # the step across a border is averaged over this many pixels along it
 
 
+AUTO_MAX_TILES = 4   # "auto": the longer side is at most this many tiles
+
+
 def parse_size(value, tile: int) -> int | str | None:
-    """"native", None / the tile size (one tile: today's behaviour, returned as None), or a multiple of it."""
-    if value is None or value == "native":
+    """"auto" (also None), "native", the tile size (the whole image squashed into one tile, returned as
+    None), or a multiple of it."""
+    if value is None or value == "auto":
+        return "auto"
+    if value == "native":
         return value
     try:
         n = int(value)
@@ -45,12 +53,36 @@ def tile_count(w: int, h: int, tile: int) -> int:
     return -(-w // tile) * -(-h // tile)
 
 
+def auto_size(w: int, h: int, tile: int) -> tuple[int, int]:
+    """The "auto" size of a w x h image: the aspect ratio kept, the longer side scaled to the nearest
+    whole number of tiles, at least one and at most AUTO_MAX_TILES (64 to 256 pixels for 64-pixel
+    tiles). A square image up to 1.5 tiles a side becomes exactly one tile, as `--size 64` makes it."""
+    longer = max(w, h)
+    target = min(AUTO_MAX_TILES, max(1, round(longer / tile))) * tile
+    return max(1, round(w * target / longer)), max(1, round(h * target / longer))
+
+
+def prepare_image(source, size, tile: int):
+    """An image (path, file object or PIL image) as encoding takes it: the (3, tile, tile) pixels in [0, 1]
+    of one whole tile (`size` None: squashed; "auto": when its auto size is one whole tile), else the RGB
+    PIL image, to be covered by tiles."""
+    from .data import load_image, open_rgb
+
+    img = open_rgb(source)
+    if size is None or (size == "auto" and auto_size(*img.size, tile) == (tile, tile)):
+        return load_image(img, tile)
+    return img
+
+
 def fit(img: Image.Image, size: int | str, tile: int | None = None) -> Image.Image:
-    """The image at the size asked for: the longer side scaled to `size` pixels (bicubic), or as it is.
-    With `tile`, a result that needs more than MAX_TILES tiles is refused (ImageError) before resizing."""
+    """The image at the size asked for: "auto" (`auto_size`, needs `tile`), the longer side scaled to
+    `size` pixels (bicubic), or as it is ("native"). With `tile`, a result that needs more than MAX_TILES
+    tiles is refused (ImageError) before resizing."""
     w, h = img.size
     if size == "native":
         new = (w, h)
+    elif size == "auto":
+        new = auto_size(w, h, tile)
     else:
         scale = size / max(w, h)
         new = (max(1, round(w * scale)), max(1, round(h * scale)))

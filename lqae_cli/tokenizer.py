@@ -277,25 +277,52 @@ class Tokenizer:
         with torch.inference_mode():
             return self.model.encode(pixels.to(self.device, torch.float32), precision, semantic)
 
-    def encode_grids(self, pixels: torch.Tensor, sources: Sequence[str | None], precision: str = "fp32") -> list[WordGrid]:
+    def encode_grids(self, pixels: torch.Tensor, sources: Sequence[str | None], precision: str = "fp32",
+                     words=None) -> list[WordGrid]:
         """(B, 3, S, S) float in [0, 1] -> B word grids with their semantic words (when the checkpoint
-        has them), named by `sources`."""
+        has them), named by `sources`; `words` as in `encode`."""
         ids, sem = self.encode_pixels(pixels, precision, semantic=True)
+        ids = self.keep_words(pixels, ids, words).cpu().tolist()
         sem = sem.cpu().tolist() if self.semantic_words else [None] * len(sources)
-        return [WordGrid.from_ids(g, self.vocab, name, None, s) for g, s, name in zip(ids.cpu().tolist(), sem, sources)]
+        return [WordGrid.from_ids(g, self.vocab, name, None, s) for g, s, name in zip(ids, sem, sources)]
 
-    def encode(self, images: ImageLike | Sequence[ImageLike], *, size: int | str | None = None, precision: str = "fp32",
-               batch_size: int = 64, progress=None) -> WordGrid | list[WordGrid]:
+    def keep_words(self, pixels: torch.Tensor, ids: torch.Tensor, words=None) -> torch.Tensor:
+        """(B, grid, grid) ids of the images `pixels` (B, 3, S, S) -> the same ids with the dropped words
+        replaced by the language model's mask id (`lqae_cli.keep`): words None keeps all; K keeps each
+        image's K most detailed; "auto" as many as each image needs (its decode within
+        keep.AUTO_TARGET_DB of the all-words decode; this decodes, and loads the language model)."""
+        from .keep import auto_keep, detail_scores, keep_order, masked, parse_words
+
+        words = parse_words(words, self.grid_size ** 2)
+        if words is None or not len(ids):
+            return ids
+        order = keep_order(detail_scores(pixels.cpu(), self.config.patch_size))
+        if words == "auto":
+            keep = auto_keep(pixels, ids.cpu(), order, self.model.lm.mask_id, lambda x: self.decode_ids(x, "fp32").cpu())
+        else:
+            keep = torch.full((len(ids),), words, dtype=torch.long)
+        return masked(ids.cpu(), keep, order, self.model.lm.mask_id).to(ids.device)
+
+    def encode(self, images: ImageLike | Sequence[ImageLike], *, size: int | str | None = "auto", words=None,
+               precision: str = "fp32", batch_size: int = 64, progress=None) -> WordGrid | list[WordGrid]:
         """Images -> word grids.
 
         Args:
             images: one image or a list of them: a path, bytes of an image file, a PIL image, a numpy array
                 (H, W, 3) / (H, W) uint8 (or float in [0, 1]), a tensor (3, H, W) float in [0, 1] or uint8;
                 a 4-D array (B, H, W, 3) or tensor (B, 3, H, W) is a batch.
-            size: None or the checkpoint's image size: the whole image squashed into one tile of words (the
-                default); a multiple of it: the longer side scaled to that many pixels, the aspect ratio kept;
-                "native": no resizing. Beyond one tile the image is covered by tiles (`lqae_cli.tiles`), each
-                tile's words exactly those it gets when encoded alone, and the grid is the tiles side by side.
+            size: "auto" (the default; None means it too): the aspect ratio kept, the longer side scaled
+                to the nearest whole number of tiles from 1 to 4 (`lqae_cli.tiles.auto_size`), so a square
+                image of up to 96 pixels is one tile, as with the checkpoint's size; the checkpoint's image
+                size: the whole image squashed into one tile; a multiple of it: the longer side scaled to
+                that many pixels, the aspect ratio kept; "native": no resizing. Beyond one tile the image
+                is covered by tiles (`lqae_cli.tiles`), each tile's words exactly those it gets when
+                encoded alone, and the grid is the tiles side by side; a grid that is not one whole
+                tile carries the image's size (`WordGrid.pixel_size`), which decoding crops to.
+            words: None (all words, the default), K (each tile keeps its K most detailed words; the others
+                become the mask mark `_`, filled in by decoding) or "auto" (each tile keeps as many as it
+                needs: its decode within `lqae_cli.keep.AUTO_TARGET_DB` of the all-words one). The semantic
+                words are always kept. The kept words are the all-words grid's, in place.
             precision: "fp32" (the reference words), "bf16" or "auto" (see `encode_pixels`).
             batch_size: images (or tiles) per model call.
             progress: called with the number of tiles done, for a progress bar (tiled images only).
@@ -304,30 +331,50 @@ class Tokenizer:
         Raises:
             ImageError: an input is not a readable image (the message names it).
         """
+        from .keep import parse_words
         from .tiles import parse_size
 
         size = parse_size(size, self.image_size)
+        parse_words(words, self.grid_size ** 2)
         single = not isinstance(images, (list, tuple)) and not (_is_array(images) and images.ndim == 4)
         items = [images] if single else list(images)
         names = [str(x) if isinstance(x, (str, os.PathLike)) else None for x in items]
-        if size is not None:
-            grids = [self._encode_tiled(x, name, size, precision, batch_size, progress) for x, name in zip(items, names)]
-            return grids[0] if single else grids
         grids: list[WordGrid] = []
         for start in range(0, len(items), batch_size):
-            chunk = torch.stack([self.pixels(x) for x in items[start:start + batch_size]])
-            grids += self.encode_grids(chunk, names[start:start + batch_size], precision)
+            part = [self.prepare(x, size) for x in items[start:start + batch_size]]
+            grids += self.encode_prepared(part, names[start:start + batch_size], size, precision, words, batch_size, progress)
         return grids[0] if single else grids
 
+    def prepare(self, image: ImageLike, size="auto"):
+        """One image as `encode_prepared` takes it (`lqae_cli.tiles.prepare_image`): the (3, S, S) pixels of
+        one whole tile, or the RGB image to cover with tiles."""
+        from .tiles import prepare_image
+
+        return prepare_image(self.rgb(image), size, self.image_size)
+
+    def encode_prepared(self, items: list, names: Sequence[str | None], size="auto", precision: str = "fp32", words=None,
+                        batch_size: int = 64, progress=None) -> list[WordGrid]:
+        """Items from `prepare` -> word grids in order: whole tiles in one batch, the other images tile by tile."""
+        grids: list[WordGrid | None] = [None] * len(items)
+        whole = [i for i, x in enumerate(items) if torch.is_tensor(x)]
+        if whole:
+            for i, grid in zip(whole, self.encode_grids(torch.stack([items[i] for i in whole]), [names[i] for i in whole],
+                                                        precision, words)):
+                grids[i] = grid
+        for i, x in enumerate(items):
+            if grids[i] is None:
+                grids[i] = self._encode_tiled(x, names[i], size, precision, batch_size, progress, words)
+        return grids
+
     def _encode_tiled(self, image: ImageLike, name: str | None, size, precision: str, batch_size: int,
-                      progress=None) -> WordGrid:
+                      progress=None, words=None) -> WordGrid:
         from .tiles import fit, join_ids, tile_grid
 
         img = fit(self.rgb(image), size, self.image_size)
         tiles, rows, cols = tile_grid(img, self.image_size)
         ids = []
         for part in tiles.split(batch_size):
-            ids.append(self.encode_pixels(part, precision).cpu())
+            ids.append(self.keep_words(part, self.encode_pixels(part, precision), words).cpu())
             if progress:
                 progress(len(part))
         semantic = None
@@ -428,7 +475,10 @@ class Tokenizer:
                 done += 1
             if progress:
                 progress(len(part))
-        pixels = feather_seams(canvas, t, in_place=True).mul_(255).round_().byte()  # (as to_uint8, without copies)
+        stitcher = self.model.stitcher
+        with torch.inference_mode():  # the stitcher evens tile borders out; a checkpoint without one feathers them
+            canvas = stitcher.apply(canvas) if stitcher is not None else feather_seams(canvas, t, in_place=True)
+        pixels = canvas.mul_(255).round_().byte()  # (as to_uint8, without copies)
         img = Image.fromarray(pixels.permute(1, 2, 0).numpy())
         return img.crop((0, 0, *grid.pixel_size)) if grid.pixel_size else img
 
@@ -468,9 +518,8 @@ class Tokenizer:
             raise TokenError(f"{where}: expected {g}x{g} tokens, or equally long rows of whole {g}x{g} tiles; "
                              f"got rows of {[len(r) for r in rows][:g + 1]}")
         vocabulary = self.vocabulary
-        one = lambda v: vocabulary.id(v, where) if isinstance(v, int) else vocabulary.word(v, where)
-        ids = [[one(v) for v in row] for row in rows]
-        semantic = None if semantic is None else [one(v) for v in semantic]
+        ids = [[vocabulary.position(v, where, words=not isinstance(v, int)) for v in row] for row in rows]
+        semantic = None if semantic is None else [vocabulary.semantic(v, where, words=not isinstance(v, int)) for v in semantic]
         return WordGrid.from_ids(ids, self.vocab, source, pixel_size, semantic)
 
 

@@ -165,7 +165,7 @@ def build_model(args: TrainArgs, device: torch.device) -> LQAE:
     try:
         if args.init is not None:
             model = load_model(args.init, device)
-            model.cfg = replace(model.cfg, **{"mask_ratio": args.mask_ratio, "recon_loss": args.recon_loss, **args.overrides})
+            model.cfg = replace(model.cfg, **{"mask_ratio": args.mask_ratio, "mask_policy": args.mask_policy, "recon_loss": args.recon_loss, **args.overrides})
             if args.decoder_lm_layers is not None:
                 try:
                     model.read_more_lm_layers(args.decoder_lm_layers)
@@ -174,6 +174,7 @@ def build_model(args: TrainArgs, device: torch.device) -> LQAE:
         else:
             lm = LanguageModel.load(args.lm)
             cfg = preset(args.preset, **{"image_size": args.image_size, "patch_size": args.patch_size, "mask_ratio": args.mask_ratio,
+                                         "mask_policy": args.mask_policy,
                                          "recon_loss": args.recon_loss, "lm_name": args.lm, "lm_fingerprint": lm.fingerprint,
                                          "vocab_rule": args.vocab_rule, **args.overrides,
                                          **({"decoder_lm_layers": args.decoder_lm_layers} if args.decoder_lm_layers else {})})
@@ -261,7 +262,7 @@ class Checkpointer:
         rec = {"step": step, "images_seen": step * a.batch_size * world, "world_size": world,
                "device": str(self.ranks.device), "precision": self.precision, "wall_time_s": round(wall_time_s, 1),
                "data": [str(d) for d in a.data], "lr": a.lr, "batch_size": a.batch_size * world, "steps": a.steps,
-               "seed": a.seed, "mask_ratio": a.mask_ratio, "preset": a.preset, "smooth_share": a.smooth_share}
+               "seed": a.seed, "mask_ratio": a.mask_ratio, "mask_policy": a.mask_policy, "preset": a.preset, "smooth_share": a.smooth_share}
         if a.freeze_encoder:
             rec["trained"] = "decoder only (encoder frozen)"
         if self.init_record is not None:  # the phase this run started from

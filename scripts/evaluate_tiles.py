@@ -1,15 +1,25 @@
-"""Whole photos at native resolution: lqae `--size native` against the codec "shrink 8x per side, enlarge back
-(bicubic)", and the seam gap (PSNR of the 4-pixel bands along tile borders minus PSNR inside the tiles).
-Writes a side-by-side picture (original | lqae native | the codec) per photo.
+"""Whole held-out photos at native size: lqae `--size native` against the codec "shrink 8x per side, enlarge back
+(bicubic)", with what tiles cost at their borders.
 
-    python scripts/evaluate_tiles.py [--weights PATH] [--out runs/tiles]
+    python scripts/evaluate_tiles.py [--weights PATH] [--photos data/heldout/whole-photos] [--out runs/tiles]
 
-The photos are the held-out ones of scripts/build_data.py (`chelsea`, `china`, `camera`), from the
-installed scikit-image and scikit-learn.
+Per photo and on average:
+- PSNR of the whole image, lqae and the codec;
+- the seam gap: PSNR of the 4-pixel bands centred on inner tile borders minus PSNR of the pixels in no
+  band, for the bands along rows and along columns separately, the two averaged; the codec's gap on the
+  same bands beside it (its own 8x8 blocks are weakest there too);
+- tile drift: each 64x64 tile's mean colour error (decode minus photo, per channel, in 8-bit levels),
+  its spread across tiles (standard deviation, channels averaged), beside the codec's on the same tiles.
+
+The photos are scripts/build_photo_set.py's folder (its manifest names each one's kind and source), never
+used in training. Writes per photo `NAME-side-by-side.png` (photo | lqae | codec) and, for the sheet of
+the model card, `sheet.png`: for each photo named by --sheet, the three side by side, then 3x zooms of the
+flattest region around a tile corner and of --zoom regions (NAME:X,Y, e.g. a face).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,60 +27,128 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lqae_cli import load  # noqa: E402
 from lqae_cli.evaluate import psnr_u8 as psnr, shrink_codec  # noqa: E402
 
 BAND = 4
+ZOOM, ZOOM_SIDE = 3, 64
 
 
-def border_mask(h: int, w: int, tile: int, band: int = BAND) -> np.ndarray:
-    """True within band / 2 pixels of an inner tile border (one with a whole band inside the image on both sides)."""
+def band_masks(h: int, w: int, tile: int, band: int = BAND) -> tuple[np.ndarray, np.ndarray]:
+    """(rows near a horizontal inner border, columns near a vertical one) as (h, w) masks; a border counts
+    when a whole band fits inside the image on both sides."""
     def near(n: int) -> np.ndarray:
         m = np.zeros(n, bool)
         for b in range(tile, n - band // 2 + 1, tile):
             m[b - band // 2:b + band // 2] = True
         return m
 
-    return near(h)[:, None] | near(w)[None, :]
+    rows, cols = near(h), near(w)
+    return np.broadcast_to(rows[:, None], (h, w)), np.broadcast_to(cols[None, :], (h, w))
 
 
-def patch_border_mask(h: int, w: int, tile: int, patch: int, band: int = BAND) -> np.ndarray:
-    """The same bands along the borders between patches inside tiles (the control: every 8x8 patch
-    becomes one word, so patch borders are where any patch code is weakest)."""
-    return border_mask(h, w, patch, band) & ~border_mask(h, w, tile, band)
+def seam_gap(x: np.ndarray, y: np.ndarray, tile: int) -> float:
+    """The seam gap of decode y against photo x (dB; negative: the bands are worse)."""
+    rows, cols = band_masks(*x.shape[:2], tile)
+    rest = ~(rows | cols)
+    gaps = [psnr(x[m], y[m]) - psnr(x[rest], y[rest]) for m in (rows, cols) if m.any()]
+    return float(np.mean(gaps)) if gaps else 0.0
+
+
+def tile_drift(x: np.ndarray, y: np.ndarray, tile: int) -> float:
+    """Spread across whole tiles of their mean colour error, in 8-bit levels."""
+    h, w = x.shape[0] // tile * tile, x.shape[1] // tile * tile
+    err = (y[:h, :w].astype(np.float64) - x[:h, :w]).reshape(h // tile, tile, w // tile, tile, 3).mean((1, 3))
+    return float(err.reshape(-1, 3).std(0).mean()) if err.size > 3 else 0.0
+
+
+def flattest_corner(x: np.ndarray, tile: int, side: int = ZOOM_SIDE) -> tuple[int, int]:
+    """The top-left of the side x side window centred on an inner tile corner where the photo varies least."""
+    best, where = None, (0, 0)
+    for cy in range(tile, x.shape[0] - side // 2 + 1, tile):
+        for cx in range(tile, x.shape[1] - side // 2 + 1, tile):
+            win = x[cy - side // 2:cy + side // 2, cx - side // 2:cx + side // 2].astype(np.float64)
+            v = win.std((0, 1)).mean()
+            if best is None or v < best:
+                best, where = v, (cx - side // 2, cy - side // 2)
+    return where
+
+
+def zooms(images: list[Image.Image], x0: int, y0: int) -> Image.Image:
+    """The same window of each image, enlarged ZOOM times (nearest), side by side."""
+    box = (x0, y0, x0 + ZOOM_SIDE, y0 + ZOOM_SIDE)
+    big = ZOOM_SIDE * ZOOM
+    out = Image.new("RGB", (len(images) * (big + 6) - 6, big), "white")
+    for k, im in enumerate(images):
+        out.paste(im.crop(box).resize((big, big), Image.NEAREST), (k * (big + 6), 0))
+    return out
+
+
+def side_by_side(images: list[Image.Image], gap: int = 6) -> Image.Image:
+    w, h = images[0].size
+    out = Image.new("RGB", (len(images) * (w + gap) - gap, h), "white")
+    for k, im in enumerate(images):
+        out.paste(im, (k * (w + gap), 0))
+    return out
 
 
 def main() -> None:
-    import build_data
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--photos", type=Path, default=Path("data/heldout/whole-photos"))
     ap.add_argument("--out", type=Path, default=Path("runs/tiles"))
+    ap.add_argument("--sheet", default="", help="comma list of photo names for sheet.png")
+    ap.add_argument("--zoom", action="append", default=[], help="NAME:X,Y: a 3x zoom of that 64x64 window in the sheet")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     tok = load(a.weights, "cpu")
-    photos = build_data.load_photos()
-    rows = []
-    for name in sorted(build_data.HELDOUT_PHOTOS):
-        img = Image.fromarray(photos[name]).convert("RGB")
+    tile = tok.image_size
+    manifest = a.photos / "manifest.json"
+    entries = json.loads(manifest.read_text()) if manifest.is_file() else [
+        {"name": p.stem, "kind": ""} for p in sorted(a.photos.glob("*.png"))]
+    rows, pictures = [], {}
+    for e in entries:
+        img = Image.open(a.photos / f"{e['name']}.png").convert("RGB")
         ours = tok.decode(tok.encode(img, size="native"))
         base = shrink_codec(img, tok.config.patch_size)
         x, y, z = (np.asarray(i) for i in (img, ours, base))
-        mask = border_mask(img.height, img.width, tok.image_size)
-        control = patch_border_mask(img.height, img.width, tok.image_size, tok.config.patch_size)
-        gap = psnr(x[mask], y[mask]) - psnr(x[~mask], y[~mask])
-        rows.append((name, img.size, psnr(x, y), psnr(x, z), gap, psnr(x[mask], z[mask]) - psnr(x[~mask], z[~mask]),
-                     psnr(x[mask], y[mask]) - psnr(x[control], y[control])))
-        print(f"{name:8s} {img.width}x{img.height}  PSNR lqae native {rows[-1][2]:.2f} dB  codec (8x shrink) {rows[-1][3]:.2f} dB  "
-              f"seam gap lqae {gap:+.2f} dB  (codec {rows[-1][5]:+.2f}); tile-border bands minus patch-border bands "
-              f"{rows[-1][6]:+.2f} dB", flush=True)
-        sheet = Image.new("RGB", (3 * img.width + 20, img.height), "white")
-        for k, im in enumerate((img, ours, base)):
-            sheet.paste(im, (k * (img.width + 10), 0))
-        sheet.save(a.out / f"{name}-side-by-side.png")
-    print(f"mean     PSNR lqae native {np.mean([r[2] for r in rows]):.2f} dB  codec {np.mean([r[3] for r in rows]):.2f} dB  "
-          f"seam gap {np.mean([r[4] for r in rows]):+.2f} dB; tile- minus patch-border bands {np.mean([r[6] for r in rows]):+.2f} dB")
+        r = {"name": e["name"], "kind": e.get("kind", ""), "size": list(img.size), "psnr": psnr(x, y), "codec_psnr": psnr(x, z),
+             "seam_gap": seam_gap(x, y, tile), "codec_seam_gap": seam_gap(x, z, tile),
+             "drift": tile_drift(x, y, tile), "codec_drift": tile_drift(x, z, tile)}
+        rows.append(r)
+        print(f"{r['name']:18s} {r['kind']:8s} {img.width}x{img.height}  PSNR {r['psnr']:.2f} (codec {r['codec_psnr']:.2f}) dB  "
+              f"seam gap {r['seam_gap']:+.2f} (codec {r['codec_seam_gap']:+.2f}) dB  "
+              f"drift {r['drift']:.2f} (codec {r['codec_drift']:.2f}) levels", flush=True)
+        side_by_side([img, ours, base]).save(a.out / f"{e['name']}-side-by-side.png")
+        pictures[e["name"]] = (img, ours, base)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "codec_psnr", "seam_gap", "codec_seam_gap", "drift", "codec_drift")}
+    print(f"{'mean':18s} {'':8s} {len(rows)} photos  PSNR {mean['psnr']:.2f} (codec {mean['codec_psnr']:.2f}) dB  "
+          f"seam gap {mean['seam_gap']:+.2f} (codec {mean['codec_seam_gap']:+.2f}) dB  "
+          f"drift {mean['drift']:.2f} (codec {mean['codec_drift']:.2f}) levels")
+    worst = min(r["seam_gap"] - r["codec_seam_gap"] for r in rows)
+    print(f"seam gap minus the codec's: mean {mean['seam_gap'] - mean['codec_seam_gap']:+.2f} dB, worst photo {worst:+.2f} dB; "
+          f"photos above the codec in PSNR: {sum(r['psnr'] > r['codec_psnr'] for r in rows)} of {len(rows)}; "
+          f"drift at most the codec's: {sum(r['drift'] <= r['codec_drift'] for r in rows)} of {len(rows)}")
+    if a.json:
+        a.json.write_text(json.dumps({"checkpoint": tok.name, "photos": rows, "mean": mean}, indent=1) + "\n")
+    if a.sheet:
+        parts = []
+        for name in a.sheet.split(","):
+            img, ours, base = pictures[name]
+            parts.append(side_by_side([img, ours, base]))
+            parts.append(zooms([img, ours, base], *flattest_corner(np.asarray(img), tile)))
+            for z in a.zoom:
+                zname, _, xy = z.partition(":")
+                if zname == name:
+                    parts.append(zooms([img, ours, base], *map(int, xy.split(","))))
+        width = max(p.width for p in parts)
+        sheet = Image.new("RGB", (width, sum(p.height + 8 for p in parts)), "white")
+        y = 0
+        for p in parts:
+            sheet.paste(p, (0, y))
+            y += p.height + 8
+        sheet.save(a.out / "sheet.png")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def test_native_grid_is_the_tiles_side_by_side_and_each_tile_has_its_own_words(t
         assert [row[4 * c:4 * c + 4] for row in grid.ids[4 * r:4 * r + 4]] == alone[t].tolist()
     assert tok.encode(wide, size="native", batch_size=1).ids == grid.ids  # whatever the batch size
     assert tok.encode(wide, size=32).shape == (8, 8)                       # longer side 32: 32 x 21 pixels, 2 x 2 tiles
-    assert tok.encode(wide).shape == (4, 4)                                # the default: one tile, as ever
+    assert tok.encode(wide).ids == grid.ids        # the default "auto": 48 px is a whole number of tiles, kept as it is
+    assert tok.encode(wide, size=16).shape == (4, 4)                       # the checkpoint's size: squashed into one tile
     with pytest.raises(lqae.ConfigError, match="multiple"):
         tok.encode(wide, size=20)
 
@@ -71,6 +72,8 @@ def test_every_format_round_trips_a_non_square_image(run, wide, tmp_path, fmt):
 
 def test_ragged_and_non_tile_grids_are_one_line_errors(run, wide):
     text = run("encode", wide, "--size", "native").stdout.splitlines()
+    assert text[0] == "# size 48x32"
+    text = text[1:]                                                   # a grid without its size line decodes too
     ragged = text[:]
     ragged[5] = " ".join(ragged[5].split()[:-1])
     r = run("decode", "-", "-o", "x.png", input="\n".join(ragged) + "\n")
@@ -81,10 +84,20 @@ def test_ragged_and_non_tile_grids_are_one_line_errors(run, wide):
     assert r.exit_code == 1 and "whole 4x4 tiles" in r.stderr
 
 
-def test_default_size_output_is_unchanged(run, wide):
-    assert run("encode", wide).stdout == run("encode", wide, "--size", "16").stdout
-    rec = json.loads(run("encode", wide, "-f", "json").stdout)
+def test_default_size_keeps_the_aspect_and_a_small_square_image_stays_one_tile(run, wide, tmp_path):
+    assert run("encode", wide).stdout == run("encode", wide, "--size", "native").stdout   # 48x32: 3 x 2 tiles
+    square = tmp_path / "square.png"
+    Image.open(wide).crop((0, 0, 20, 20)).save(square)            # 20 px: nearest whole number of tiles is one
+    one = run("encode", square).stdout
+    assert one == run("encode", square, "--size", "16").stdout and not one.startswith("#")
+    rec = json.loads(run("encode", square, "-f", "json").stdout)
     assert set(rec) == {"source", "checkpoint", "lm_fingerprint", "grid", "ids", "tokens"}  # no tile or size keys
+    tall = tmp_path / "tall.png"
+    Image.open(wide).resize((20, 50)).save(tall)                  # 50 px: three tiles tall, aspect kept
+    r = run("encode", tall, "-f", "json")
+    assert json.loads(r.stdout)["size"] == [19, 48]    # 20 x 48 / 50, rounded
+    d = run("decode", "-", "-o", tmp_path / "tall-out.png", input=run("encode", tall).stdout)
+    assert d.exit_code == 0 and Image.open(tmp_path / "tall-out.png").size == (19, 48)
 
 
 def test_png_to_stdout_of_a_tiled_image(run, wide):
