@@ -375,6 +375,7 @@ def show(
     tokens: Annotated[Optional[Path], typer.Option("--tokens", "-t", help="draw a (hand-edited) token file instead; '-' = stdin")] = None,
     size: Annotated[Optional[str], typer.Option(help="encode at this size (N or native, as for encode) and draw a window of 2 x 2 tiles")] = None,
     region: Annotated[Optional[str], typer.Option(help="with --size: the window's top-left tile as ROW,COL (default: the centre)")] = None,
+    words: Annotated[str, typer.Option(help="words kept per tile, as for encode: all, K or auto (dropped ones drawn as '_')")] = "all",
     weights: Weights = None, device: Device = None,
 ):
     """A picture of what the words say: input | reconstruction | words on the patch grid."""
@@ -390,7 +391,9 @@ def show(
     if where is not None and len(where) != 2:
         raise typer.BadParameter("give the tile as ROW,COL, e.g. 2,3", param_hint="--region")
     tok = load(weights, device)
-    sheet, rows = contact_sheet(tok, images or [], tokens, size, where)
+    from .keep import parse_words
+
+    sheet, rows = contact_sheet(tok, images or [], tokens, size, where, parse_words(words, tok.grid_size ** 2))
     save_png(output, sheet)
     print(f"wrote {output} ({rows} row{'s' if rows != 1 else ''})", file=sys.stderr)
 

@@ -97,12 +97,13 @@ def sheet(rows: list[tuple[str, Image.Image | None, Image.Image, list[list[str]]
 REGION_TILES = 2  # a large image is shown as a window of 2 x 2 tiles, so its words stay legible
 
 
-def contact_sheet(tok, images: list, tokens: str | None = None, size=None, region: tuple[int, int] | None = None
-                  ) -> tuple[Image.Image, int]:
+def contact_sheet(tok, images: list, tokens: str | None = None, size=None, region: tuple[int, int] | None = None,
+                  words=None) -> tuple[Image.Image, int]:
     """A sheet with one row per image (input | reconstruction | its words) and, with `tokens` (a token
     file or '-'), one row per grid in it (its reconstruction | its words). Returns (sheet, rows).
     With `size` (as for encode; None is "auto"), an image of several tiles is shown as a window of REGION_TILES x REGION_TILES tiles:
-    the one whose top-left tile is `region` (tile row, tile column), else the one at the image's centre."""
+    the one whose top-left tile is `region` (tile row, tile column), else the one at the image's centre.
+    `words` as for encode: the dropped words are drawn as the mask mark and filled in by the decode."""
     from .convert import Tally, read_token_inputs
     from .tiles import fit, parse_size
 
@@ -112,10 +113,10 @@ def contact_sheet(tok, images: list, tokens: str | None = None, size=None, regio
         if size is not None:
             img = fit(tok.rgb(image), size, tok.image_size)
             if size != "auto" or img.size != (tok.image_size, tok.image_size):
-                rows.append(_region_row(tok, str(image), img, region))
+                rows.append(_region_row(tok, str(image), img, region, words))
                 continue
         x = tok.pixels(image)
-        grid = tok.encode(to_pil(x))
+        grid = tok.encode(to_pil(x), words=words)
         rows.append((str(image), to_pil(x), tok.decode(grid), grid.words, grid.semantic))
     if tokens is not None:
         for job in read_token_inputs(tok, str(tokens), Tally()):
@@ -123,8 +124,8 @@ def contact_sheet(tok, images: list, tokens: str | None = None, size=None, regio
     return sheet(rows)[0], len(rows)
 
 
-def _region_row(tok, name: str, img: Image.Image, region: tuple[int, int] | None):
-    grid = tok.encode(img, size="native")
+def _region_row(tok, name: str, img: Image.Image, region: tuple[int, int] | None, words=None):
+    grid = tok.encode(img, size="native", words=words)
     decoded = tok.decode(grid)
     g, t, n = tok.grid_size, tok.image_size, REGION_TILES
     tile_rows, tile_cols = grid.shape[0] // g, grid.shape[1] // g
