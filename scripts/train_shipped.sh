@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The fourteen training phases of weights/lqae-base.safetensors, in order: nine on a CPU, two on a GPU, then on a CPU
-# the semantic head, the decoder for masked words and the stitcher (weights/TRAINING.md says why each).
+# The thirteen training phases of weights/lqae-base.safetensors, in order: nine on a CPU, two on a GPU, then on a CPU
+# the semantic head and the decoder for dropped words (weights/TRAINING.md says why each).
 # Needs data/ from scripts/build_data.py (weights/README.md, "Data"). Every phase writes a resumable
 # checkpoint: after an interruption, run this script again; finished phases are skipped and the
 # interrupted one resumes exactly.
@@ -75,14 +75,10 @@ if [[ -f $RUNS/p11.safetensors && ! -f $RUNS/lqae-base-semantic.safetensors ]]; 
 fi
 # 13: the decoder alone, learning to fill in dropped words: each image keeps a random number of its most detailed
 # words (three in four; the rest keep all), as `encode --words K|auto` drops them. The words stay as they are.
+# Its output is the shipped checkpoint.
 if [[ -f $RUNS/lqae-base-semantic.safetensors ]]; then
   phase 13 $RUNS/p13.safetensors $PHOTOS2 --init $RUNS/lqae-base-semantic.safetensors --freeze-encoder --mask-policy detail \
     --recon-loss log_mse --smooth-share 0.25 --steps 1500 --lr 1.5e-4 --seed 14 --val-every 500 --sample-every 0 $COMMON
 fi
-# 14: the stitcher, on canvases of 3 x 3 tiles cut from the training photos and decoded by phase 13's decoder
-# (scripts/train_stitch.py). Its output is the shipped checkpoint.
-if [[ -f $RUNS/p13.safetensors ]] && finished $RUNS/p13.safetensors && [[ ! -f $RUNS/lqae-base-stitch.safetensors ]]; then
-  echo "phase 14 -> $RUNS/lqae-base-stitch.safetensors" >&2
-  python3 scripts/train_stitch.py --init $RUNS/p13.safetensors --out $RUNS/lqae-base-stitch.safetensors \
-    --channels 16 --canvases 1500 --steps 2000 --seed 0
-fi
+# The shipped checkpoint is phase 13's output. A stitcher for tile borders (scripts/train_stitch.py on phase 13's
+# output) was trained and measured, and made held-out photos worse: weights/TRAINING.md, "Phase 13".
