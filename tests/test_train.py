@@ -47,8 +47,9 @@ def test_train_to_checkpoint_that_encode_and_decode_load(folder, tiny_lm_dir, tm
     assert list((tmp_path / "run" / "model.samples").glob("step_*.png"))
     assert Image.open(tmp_path / "run" / "model.curves.png").size == (1260, 260)
     assert not list((tmp_path / "run").glob(".*tmp"))
-    enc = runner.invoke(app, ["encode", str(folder / "a" / "img000.png"), "--weights", str(out)], catch_exceptions=False)
-    assert enc.exit_code == 0 and len(enc.stdout.split()) == 16
+    enc = runner.invoke(app, ["encode", str(folder / "a" / "img000.png"), "--weights", str(out), "--size", "16"],
+                        catch_exceptions=False)
+    assert enc.exit_code == 0 and len(enc.stdout.split()) == 16          # one tile of the checkpoint's 16 pixels
     dec = runner.invoke(app, ["decode", "-", "-o", str(tmp_path / "x.png"), "--weights", str(out)], input=enc.stdout)
     assert dec.exit_code == 0 and (tmp_path / "x.png").exists()
 
