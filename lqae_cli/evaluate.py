@@ -130,6 +130,19 @@ def count_images(data: Path, train: Path | None = None, test: Path | None = None
     return len(list_images(data, limit)) + sum(len(list_images(d)) for d in (train, test) if d is not None)
 
 
+def folder_batches(sources: list[Source], size: int, batch_size: int, workers: int, failed: list[str], progress=None):
+    """Batches of the sources' images at size x size: (the (index, pixels) pairs that loaded, their pixels
+    stacked (B, 3, size, size)); an unreadable image goes into `failed` as "name: why", every image read
+    into `progress`."""
+    for batch in image_batches(sources, size, batch_size, workers):
+        good, bad = split_loaded(batch)
+        failed += [f"{sources[i].name}: {err}" for i, err in bad]
+        if progress:
+            progress(len(batch))
+        if good:
+            yield good, torch.stack([t for _, t in good])
+
+
 @torch.no_grad()
 def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: int | None = None,
                reconstruct: bool = True, progress=None) -> FolderResult:
@@ -141,14 +154,8 @@ def run_folder(tok, root: Path, batch_size: int = 64, workers: int = 1, limit: i
     size, thumb = model.cfg.image_size, model.cfg.grid_size
     device = next(model.parameters()).device
     keep, ids, sems, feats, pix, ps, ss, bps, bss, failed, samples = [], [], [], [], [], [], [], [], [], [], []
-    for batch in image_batches(sources, size, batch_size, workers):
-        good, bad = split_loaded(batch)
-        failed += [f"{sources[i].name}: {err}" for i, err in bad]
-        if progress:
-            progress(len(batch))
-        if not good:
-            continue
-        x = torch.stack([t for _, t in good]).to(device)
+    for good, x in folder_batches(sources, size, batch_size, workers, failed, progress):
+        x = x.to(device)
         i, sem = model.encode(x, semantic=True)
         h = model.run_lm(model.quantizer.codebook[i.flatten(1)])
         keep += [files[j] for j, _ in good]
@@ -374,14 +381,7 @@ def rate_distortion(tok, data: Path, counts: list, limit: int | None = None, bat
     scores = {k: [] for k in counts}
     kept = {k: [] for k in counts}
     images, failed = [], []
-    for batch in image_batches(sources, S, batch_size, 0):
-        good, bad = split_loaded(batch)
-        failed += [f"{sources[i].name}: {err}" for i, err in bad]
-        if progress:
-            progress(len(batch))
-        if not good:
-            continue
-        x = torch.stack([t for _, t in good])
+    for _, x in folder_batches(sources, S, batch_size, 0, failed, progress):
         images.append(x)
         ids = tok.encode_pixels(x).cpu()
         order = keep_order(detail_scores(x, tok.config.patch_size))
