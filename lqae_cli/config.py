@@ -25,7 +25,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "refine_channels": (0, 1024), "decoder_lm_layers": (1, 64), "match_dim": (1, 1024),
     "position_dither": (0.0, 100.0), "mask_ratio": (0.0, 0.95), "commit_weight": (0.0, 1e3),
     "decorrelation_weight": (0.0, 1e3), "entropy_weight": (0.0, 1e3), "entropy_temperature": (1e-6, 1e3),
-    "entropy_tokens": (0, 1 << 20), "semantic_words": (0, 64), "semantic_depth": (1, 16), "stitch_channels": (0, 256),
+    "entropy_tokens": (0, 1 << 20), "semantic_words": (0, 64), "semantic_depth": (1, 16),
 }
 MAX_EXCLUDED_CHARS = 1 << 20  # excluded_words: at most 1 MiB of text
 MAX_TOKENS = 4096  # grid positions per image
@@ -64,8 +64,6 @@ class LQAEConfig:
     excluded_source: str = ""       # where that list came from (a package and its version)
     semantic_words: int = 0         # image-level words before the grid (0 = none); chosen by the semantic head
     semantic_depth: int = 1         # transformer blocks of the semantic head
-    stitch_channels: int = 0        # width of the stitcher that evens out tile borders in decodes of several tiles
-                                    # (stitch.py; 0 = none: borders are feathered, tiles.feather_seams)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -17,7 +17,6 @@ from .errors import ConfigError
 from .lm import LanguageModel
 from .ops import gelu, residual
 from .quantizer import WordQuantizer, usage_stats
-from .stitch import Stitcher
 
 
 ENCODE_PRECISIONS = ("fp32", "bf16")
@@ -199,9 +198,7 @@ def state_size(cfg: LQAEConfig, lm_hidden: int) -> int:
     mlp = lambda w: 2 * w + (w + 1) * 4 * w + (4 * w + 1) * w
     semantic = (ew + 2 * ew + (ew + 1) * 2 * ew + (ew + 1) * ew + cfg.semantic_depth * mlp(ew) + 2 * ew
                 + (ew + 1) * lm_hidden + 1) if cfg.semantic_words else 0
-    c, k = cfg.stitch_channels, 2 * cfg.stitch_channels
-    stitch = (46 * k + 3 * (9 * k * k + k) + 27 * k + 3) + (46 * c + 2 * (9 * c * c + c) + 27 * c + 3) if c else 0
-    return encoder + decoder + quantizer + semantic + stitch
+    return encoder + decoder + quantizer + semantic
 
 
 def excluded_ids(lm: LanguageModel, cfg: LQAEConfig) -> list[int]:
@@ -236,7 +233,6 @@ class LQAE(nn.Module):
         self.quantizer.codes_cache_key = f"{lm.fingerprint}/{cfg.vocab_rule}/{cfg.excluded_words}"  # refresh_codes' cache
         self.decoder = Decoder(cfg, lm.hidden_size)
         self.semantic = SemanticHead(cfg, lm.hidden_size) if cfg.semantic_words else None
-        self.stitcher = Stitcher(cfg.stitch_channels, cfg.patch_size, cfg.image_size) if cfg.stitch_channels else None
         self.register_buffer("mask_embed", lm.word_embeddings[lm.mask_id].clone(), persistent=False)
         self.register_buffer("frame_embeds", lm.word_embeddings[[lm.cls_id, lm.sep_id]].clone(), persistent=False)
 

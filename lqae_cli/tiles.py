@@ -14,8 +14,7 @@ Tiles are decoded independently, so two neighbours can disagree at their shared 
 step: a visible seam). `feather_seams` evens each border out: along every inner border it takes the
 step between the two pixels-wide strips on either side (smoothed along the border), and ramps each
 side halfway towards the other over FEATHER pixels, leaving tile interiors alone. It needs no
-training and is deterministic; the model card gives what it gains. A checkpoint with a stitcher
-(`lqae_cli/stitch.py`) uses that instead.
+training and is deterministic; the model card gives what it gains.
 """
 from __future__ import annotations
 

@@ -475,10 +475,7 @@ class Tokenizer:
                 done += 1
             if progress:
                 progress(len(part))
-        stitcher = self.model.stitcher
-        with torch.inference_mode():  # the stitcher evens tile borders out; a checkpoint without one feathers them
-            canvas = stitcher.apply(canvas) if stitcher is not None else feather_seams(canvas, t, in_place=True)
-        pixels = canvas.mul_(255).round_().byte()  # (as to_uint8, without copies)
+        pixels = feather_seams(canvas, t, in_place=True).mul_(255).round_().byte()  # (as to_uint8, without copies)
         img = Image.fromarray(pixels.permute(1, 2, 0).numpy())
         return img.crop((0, 0, *grid.pixel_size)) if grid.pixel_size else img
 

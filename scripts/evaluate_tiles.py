@@ -2,7 +2,6 @@
 (bicubic)", with what tiles cost at their borders.
 
     python scripts/evaluate_tiles.py [--weights PATH] [--photos data/heldout/whole-photos] [--out runs/tiles]
-                                     [--without-stitcher]
 
 Per photo and on average:
 - PSNR of the whole image, lqae and the codec;
@@ -101,12 +100,9 @@ def main() -> None:
     ap.add_argument("--sheet", default="", help="comma list of photo names for sheet.png")
     ap.add_argument("--zoom", action="append", default=[], help="NAME:X,Y: a 3x zoom of that 64x64 window in the sheet")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    ap.add_argument("--without-stitcher", action="store_true", help="decode with feathered borders instead of the stitcher")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     tok = load(a.weights, "cpu")
-    if a.without_stitcher:
-        tok.model.stitcher = None
     tile = tok.image_size
     manifest = a.photos / "manifest.json"
     entries = json.loads(manifest.read_text()) if manifest.is_file() else [

@@ -80,5 +80,5 @@ if [[ -f $RUNS/lqae-base-semantic.safetensors ]]; then
   phase 13 $RUNS/p13.safetensors $PHOTOS2 --init $RUNS/lqae-base-semantic.safetensors --freeze-encoder --mask-policy detail \
     --recon-loss log_mse --smooth-share 0.25 --steps 1500 --lr 1.5e-4 --seed 14 --val-every 500 --sample-every 0 $COMMON
 fi
-# The shipped checkpoint is phase 13's output. A stitcher for tile borders (scripts/train_stitch.py on phase 13's
-# output) was trained and measured, and made held-out photos worse: weights/TRAINING.md, "Phase 13".
+# A stitcher for tile borders, trained on phase 13's output, made held-out photos worse and was not kept:
+# weights/TRAINING.md, "Phase 13".

@@ -150,51 +150,6 @@ def test_show_draws_a_legible_window_of_a_large_grid(run, tok, wide, tmp_path):
     assert run("show", wide, "--size", "native", "--region", "x", "-o", out).exit_code == 2
 
 
-@pytest.fixture()
-def stitched_ckpt(tiny_ckpt, tmp_path):
-    """The tiny checkpoint with a stitcher of random (non-zero) weights."""
-    from dataclasses import replace
-
-    from lqae_cli.checkpoint import load_model, save_model
-    from lqae_cli.stitch import Stitcher
-
-    model = load_model(tiny_ckpt, torch.device("cpu"))
-    model.cfg = replace(model.cfg, stitch_channels=4)
-    torch.manual_seed(1)
-    model.stitcher = Stitcher(4, model.cfg.patch_size, model.cfg.image_size)
-    for m in model.stitcher.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.normal_(m.weight, std=0.1)
-    path = tmp_path / "stitched.safetensors"
-    save_model(model, path, {"steps": 3})
-    return path
-
-
-def test_the_stitcher_changes_tiled_decodes_only_deterministically(tok, stitched_ckpt, wide):
-    st = lqae.load(stitched_ckpt, device="cpu")
-    grid = st.encode(wide, size="native")
-    assert grid.ids == tok.encode(wide, size="native").ids          # the words are each tile's own, as before
-    a, b = st.decode(grid), st.decode(grid, batch_size=1)
-    assert np.array_equal(np.asarray(a), np.asarray(b)) and a.size == (48, 32)
-    assert not np.array_equal(np.asarray(a), np.asarray(tok.decode(grid)))   # the stitcher is at work here
-    one = tok.encode(wide, size=16)                                  # one tile: no neighbours, decode unchanged
-    assert np.array_equal(np.asarray(st.decode(one)), np.asarray(tok.decode(one)))
-
-
-def test_the_stitcher_in_bands_equals_the_whole_canvas():
-    from lqae_cli.stitch import BAND, Stitcher
-
-    torch.manual_seed(0)
-    s = Stitcher(4, 4, 16).eval()
-    for m in s.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.normal_(m.weight, std=0.1)
-    canvas = torch.rand(3, 2 * BAND + 32, 48)                       # three bands, the last one short
-    with torch.no_grad():
-        whole = s(canvas[None])[0].clamp(0, 1)
-    assert torch.allclose(s.apply(canvas.clone()), whole, atol=1e-6)
-
-
 def test_the_size_line_round_trips_and_survives_hand_edits(tok, wide, tmp_path):
     g = tok.encode(Image.open(wide).crop((0, 0, 40, 27)), size="native")
     text = g.text
